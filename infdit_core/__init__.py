@@ -1,0 +1,29 @@
+"""Inf-DiT (arXiv 2405.04312) in plain PyTorch: the released model, its sampler, checkpoints and a
+block scheduler whose memory grows with the shorter image side. Never imports ComfyUI."""
+from .checkpoint import CheckpointError, convert
+from .config import InfDiTConfig
+from .loader import inspect_checkpoint, load_inf_dit
+from .memory import MemoryEstimate, choose_block_batch, estimate_peak_bytes
+from .model import InfDiT
+from .pipeline import block_grid, sample, upscale_image
+from .sampler import BlockGroupDone, EvaluationDone, SamplingCancelled, evaluations_for, get_sigmas_karras
+
+__all__ = [
+    "BlockGroupDone",
+    "CheckpointError",
+    "EvaluationDone",
+    "InfDiT",
+    "InfDiTConfig",
+    "MemoryEstimate",
+    "SamplingCancelled",
+    "block_grid",
+    "choose_block_batch",
+    "convert",
+    "estimate_peak_bytes",
+    "evaluations_for",
+    "get_sigmas_karras",
+    "inspect_checkpoint",
+    "load_inf_dit",
+    "sample",
+    "upscale_image",
+]

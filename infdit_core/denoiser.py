@@ -1,0 +1,48 @@
+"""One network evaluation over the whole image, computed group by group with a frontier cache.
+
+Equal to the whole-image forward (`InfDiT.forward`) up to float summation order: each group runs
+through all layers at once, reading its neighbours' keys/values from the group itself or from the
+cache, and the cache drops every block that no later group reads.
+"""
+from __future__ import annotations
+
+import torch
+
+from .attention import KeyValueStore
+from .sampler import BlockGroupDone
+from .scheduler import BlockPlan
+
+
+class BlockwiseDenoiser:
+    """D(x; sigma) for fixed conditioning (u, lr, CLIP vector), evaluated block group by block group."""
+
+    def __init__(self, model, u, lr, vector, plan: BlockPlan, offload_frontier: bool = False, callback=None):
+        self.model, self.u, self.lr, self.vector = model, u, lr, vector
+        self.plan = plan
+        self.storage = torch.device("cpu") if offload_frontier else None
+        self.callback = callback
+        self.evaluations = 0
+        self.steps = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, evaluation: int = 0, step: int = 0) -> torch.Tensor:
+        model, plan = self.model, self.plan
+        bs = model.config.block_size
+        cond = model.condition(sigma.reshape(1).expand(x.shape[0]).to(x.device), self.vector)
+        kv = KeyValueStore(len(model.layers), keep=len(plan.groups) > 1, storage_device=self.storage)
+        out = torch.empty_like(x)
+        try:
+            for g, (blocks, release) in enumerate(zip(plan.groups, plan.release_after)):
+                denoised = model.forward_blocks(x, self.u, self.lr, cond, list(blocks), kv)  # (B, n, 3, bs, bs)
+                for i, (r, c) in enumerate(blocks):
+                    out[:, :, r * bs:(r + 1) * bs, c * bs:(c + 1) * bs] = denoised[:, i]
+                kv.release(release)
+                if self.callback is not None:
+                    self.callback(
+                        BlockGroupDone(
+                            evaluation, self.evaluations, step, self.steps, float(sigma), g, len(plan.groups),
+                            list(blocks), plan.grid, denoised.transpose(1, 2),
+                        )
+                    )
+        finally:
+            kv.clear()  # also on cancel or error: nothing of this evaluation stays in memory
+        return out

@@ -1,0 +1,103 @@
+"""Small building blocks shared by the model: norms, embeddings, modulation, 2-D rotary, patches."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BLOCK_TOKENS, TIME_FREQUENCIES
+
+EPS = 1e-6  # every LayerNorm of the released model uses 1e-6, not torch's default 1e-5
+ROTARY_PERIOD = 1024  # token positions are taken modulo 1024 (positions repeat every 4096 px)
+
+
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without affine parameters over the last dim."""
+    return F.layer_norm(x, x.shape[-1:], eps=EPS)
+
+
+def affine_norm(size: int) -> nn.LayerNorm:
+    return nn.LayerNorm(size, eps=EPS)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x * (1 + scale) + shift, with shift/scale (B, C) broadcast over the token dims of x."""
+    while shift.dim() < x.dim():
+        shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+    return x * (1 + scale) + shift
+
+
+def noise_features(c_noise: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 192): [cos(c_noise * f), sin(c_noise * f)] with f_k = 10000^(-k/96)."""
+    k = torch.arange(TIME_FREQUENCIES, dtype=torch.float32, device=c_noise.device)
+    freqs = torch.exp(-math.log(10000.0) * k / TIME_FREQUENCIES)
+    args = c_noise.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def axis_angles(positions: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Rotary angles of one axis: (N,) integer positions -> (N, head_dim // 2), float32.
+
+    Written exactly as the reference builds its table so cos/sin are bit-equal to the stored one.
+    """
+    half = head_dim // 2
+    w = 1.0 / (10000 ** (torch.arange(0, half, 2, device=positions.device).float() / half))
+    angle = positions.float()[:, None] * w
+    return angle.repeat_interleave(2, dim=-1)
+
+
+def rotary_table(head_dim: int, size: int = ROTARY_PERIOD) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (size, size, head_dim) cos/sin table of the checkpoint, indexed [row, col]."""
+    ang = axis_angles(torch.arange(size), head_dim)
+    grid = torch.cat(
+        [ang[:, None, :].expand(size, size, -1), ang[None, :, :].expand(size, size, -1)], dim=-1
+    )
+    return grid.cos(), grid.sin()
+
+
+def block_rotary(block_rows: torch.Tensor, block_cols: torch.Tensor, head_dim: int):
+    """cos/sin (n, T, head_dim) for the tokens of n blocks given their block coordinates (n,)."""
+    r = torch.arange(BLOCK_TOKENS, device=block_rows.device)
+    rows = (block_rows[:, None] * BLOCK_TOKENS + r[None]) % ROTARY_PERIOD  # (n, 32)
+    cols = (block_cols[:, None] * BLOCK_TOKENS + r[None]) % ROTARY_PERIOD
+    row_ang = axis_angles(rows.reshape(-1), head_dim).view(len(rows), BLOCK_TOKENS, 1, -1)
+    col_ang = axis_angles(cols.reshape(-1), head_dim).view(len(cols), 1, BLOCK_TOKENS, -1)
+    n = len(rows)
+    ang = torch.cat(
+        [row_ang.expand(n, BLOCK_TOKENS, BLOCK_TOKENS, -1), col_ang.expand(n, BLOCK_TOKENS, BLOCK_TOKENS, -1)],
+        dim=-1,
+    )  # (n, 32, 32, d), tokens row-major inside the block
+    ang = ang.reshape(n, BLOCK_TOKENS * BLOCK_TOKENS, head_dim)
+    return ang.cos(), ang.sin()
+
+
+def rotate_half(t: torch.Tensor) -> torch.Tensor:
+    """Interleaved pairs (a, b) -> (-b, a)."""
+    pairs = t.unflatten(-1, (-1, 2))
+    return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+
+
+def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return t * cos.to(t.dtype) + rotate_half(t) * sin.to(t.dtype)
+
+
+def patchify_blocks(image: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Cut blocks out of an image: (B, C, H, W), blocks (n, 2) -> (B, n, C, block, block)."""
+    crops = [
+        image[:, :, r * block_size:(r + 1) * block_size, c * block_size:(c + 1) * block_size]
+        for r, c in blocks.tolist()
+    ]
+    return torch.stack(crops, dim=1)
+
+
+def unpatchify(tokens: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
+    """(B, n, T, patch*patch*channels) -> (B, n, channels, 32*patch, 32*patch).
+
+    Each token vector is laid out as (p_row, p_col, channel).
+    """
+    b, n = tokens.shape[:2]
+    x = tokens.view(b, n, BLOCK_TOKENS, BLOCK_TOKENS, patch, patch, channels)
+    x = x.permute(0, 1, 6, 2, 4, 3, 5)  # (B, n, C, rows, p_row, cols, p_col)
+    return x.reshape(b, n, channels, BLOCK_TOKENS * patch, BLOCK_TOKENS * patch)

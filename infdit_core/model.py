@@ -1,0 +1,207 @@
+"""The Inf-DiT network: a pixel-space DiT whose attention is restricted to block neighbourhoods.
+
+Read top to bottom: the layer-0 LR cross-attention, one transformer layer, the whole model. Tokens
+are handled as groups of 32x32-token blocks, (B, n, T=1024, C), so the same code runs the whole image
+at once (one group of all blocks) and block by block (see `denoiser.py`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import KeyValueStore, block_attention, lr_window
+from .config import BLOCK_TOKENS, LR_WINDOW, InfDiTConfig
+from .layers import (
+    affine_norm,
+    apply_rotary,
+    block_rotary,
+    layer_norm,
+    modulate,
+    noise_features,
+    patchify_blocks,
+    unpatchify,
+)
+from .precond import edm_scalings
+
+
+class NearbyLRCrossAttention(nn.Module):
+    """Layer 0 only: each block attends to the 48x48 LR features around it (3x3 blocks)."""
+
+    def __init__(self, cfg: InfDiTConfig):
+        super().__init__()
+        c, h, d = cfg.hidden, cfg.heads, cfg.head_dim
+        self.heads = h
+        self.proj_lr = nn.Conv2d(3, c, kernel_size=2, stride=2)  # one feature per 8x8 output pixels
+        self.query = nn.Linear(c, c)
+        self.key_value = nn.Linear(c, 2 * c)
+        self.dense = nn.Linear(c, c)
+        self.q_norm = affine_norm(d)
+        self.k_norm = affine_norm(d)
+        self.query_pos = nn.Parameter(torch.zeros(1, BLOCK_TOKENS * BLOCK_TOKENS, h, d))
+        self.key_pos = nn.Parameter(torch.zeros(1, LR_WINDOW * LR_WINDOW, h, d))
+        self.post_norm = affine_norm(c)
+
+    def windows(self, lr: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
+        """LR (B, 3, h, w) -> window features (B, n, 2304, C), built only for these blocks."""
+        lr_block = BLOCK_TOKENS  # 32 LR pixels per block side: the LR image is output / 4
+        wins = [lr_window(self.proj_lr, lr, r, c, lr_block) for r, c in blocks]
+        return torch.stack(wins, 1).flatten(-2).transpose(-1, -2)  # (B, n, 2304, C)
+
+    def forward(self, x: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        b, n, t, c = x.shape
+        h = self.heads
+        q = self.query(x).view(b * n, t, h, -1)
+        k, v = self.key_value(windows).view(b * n, windows.shape[2], 2 * h, -1).chunk(2, dim=2)
+        q = self.q_norm(q) + self.query_pos.to(q.dtype)
+        k = self.k_norm(k) + self.key_pos.to(k.dtype)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.dense(out.transpose(1, 2).reshape(b, n, t, c))
+
+
+class InfDiTLayer(nn.Module):
+    """Pre-LN transformer layer with adaLN (no gates) and block attention."""
+
+    def __init__(self, cfg: InfDiTConfig):
+        super().__init__()
+        c = cfg.hidden
+        self.heads = cfg.heads
+        self.modulation = nn.Linear(c, 4 * c)  # shift_a, scale_a, shift_m, scale_m
+        self.qkv = nn.Linear(c, 3 * c)
+        self.qk_norm = affine_norm(cfg.head_dim)  # QUIRK: the query norm is applied to keys too
+        self.proj = nn.Linear(c, c)
+        self.mlp_in = nn.Linear(c, cfg.mlp_ratio * c)
+        self.mlp_out = nn.Linear(cfg.mlp_ratio * c, c)
+
+    def attend(self, x, mod, rope, layer_kv, group_embed):
+        b, n, t, c = x.shape
+        shift_a, scale_a = mod[0], mod[1]
+        qkv = self.qkv(modulate(layer_norm(x), shift_a, scale_a))
+        q, k, v = qkv.view(b, n, t, 3, self.heads, -1).unbind(3)  # three consecutive slices
+        cos, sin = rope  # (n, T, d) -> broadcast over batch and heads
+        q = apply_rotary(self.qk_norm(q), cos[None, :, :, None], sin[None, :, :, None])
+        k = apply_rotary(self.qk_norm(k), cos[None, :, :, None], sin[None, :, :, None])
+        k4, v4 = layer_kv(k, v)
+        return x + self.proj(block_attention(q, k4, v4, group_embed))
+
+    def feed_forward(self, x, m, mod):
+        m = modulate(m, mod[2], mod[3])
+        return x + self.mlp_out(F.gelu(self.mlp_in(m), approximate="tanh"))
+
+
+@dataclass
+class Conditioning:
+    """What one network evaluation shares across all blocks."""
+
+    sigma: torch.Tensor  # (B,)
+    c_in: torch.Tensor  # (B,)
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    layer_mods: list  # per layer: 4 tensors (B, C)
+    final_mod: tuple  # shift, scale (B, C)
+
+
+class InfDiT(nn.Module):
+    def __init__(self, cfg: InfDiTConfig):
+        super().__init__()
+        self.config = cfg
+        c = cfg.hidden
+        p = cfg.patch_size
+        self.patch_embed = nn.Conv2d(cfg.in_channels, c, kernel_size=p, stride=p)
+        self.time_embed = nn.Sequential(nn.Linear(192, c), nn.SiLU(), nn.Linear(c, c))
+        self.vector_embed = (
+            nn.Sequential(nn.Linear(cfg.vector_dim, c), nn.SiLU(), nn.Linear(c, c)) if cfg.vector_dim else None
+        )
+        self.layers = nn.ModuleList(InfDiTLayer(cfg) for _ in range(cfg.layers))
+        self.key_group_embed = nn.Parameter(torch.zeros(cfg.layers, 4, cfg.heads, cfg.head_dim))
+        self.lr_cross = NearbyLRCrossAttention(cfg)
+        self.final_modulation = nn.Linear(c, 2 * c)
+        self.final_linear = nn.Linear(c, p * p * cfg.out_channels)
+        self.clip = None  # the CLIP image tower, attached by the loader when vector_dim > 0
+
+    @property
+    def needs_clip(self) -> bool:
+        return self.config.vector_dim > 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embed.weight.device
+
+    # --- per-evaluation conditioning -------------------------------------------------------------
+    def condition(self, sigma: torch.Tensor, vector: torch.Tensor | None) -> Conditioning:
+        """sigma (B,) float32, vector (B, vector_dim) or None -> shared modulations."""
+        s = edm_scalings(sigma.float())
+        emb = self.time_embed(noise_features(s.c_noise).to(self.dtype))
+        if self.vector_embed is not None:
+            if vector is None:
+                raise ValueError("this model needs a CLIP image vector (vector_dim > 0) but none was given")
+            emb = emb + self.vector_embed(vector.to(self.dtype))
+        emb = F.silu(F.silu(emb))  # QUIRK: SiLU after the sum, and again inside every adaLN
+        mods = [layer.modulation(emb).chunk(4, dim=-1) for layer in self.layers]
+        final = self.final_modulation(emb).chunk(2, dim=-1)
+        return Conditioning(sigma, s.c_in, s.c_skip, s.c_out, mods, final)
+
+    # --- one group of blocks through the whole network --------------------------------------------
+    def forward_blocks(self, x, u, lr, cond: Conditioning, blocks, kv: KeyValueStore) -> torch.Tensor:
+        """Denoised estimate D of `blocks` (list of (row, col)): (B, n, 3, block, block).
+
+        x, u: (B, 3, H, W) whole noisy and upsampled-LR images (H, W whole blocks), lr: (B, 3, H/4, W/4).
+        Neighbours of these blocks that are not in the group must already be in `kv`.
+        """
+        cfg = self.config
+        bs = cfg.block_size
+        where = torch.tensor(blocks, device=x.device)
+        xb = patchify_blocks(x, where, bs)  # (B, n, 3, bs, bs)
+        ub = patchify_blocks(u, where, bs)
+        c_in = _per_sample(cond.c_in, xb)
+        inp = torch.cat([xb * c_in, ub * c_in if cfg.lr_input_scaled else ub], dim=2).to(self.dtype)
+        b, n = inp.shape[:2]
+        tokens = self.patch_embed(inp.flatten(0, 1))  # (Bn, C, 32, 32)
+        tokens = tokens.flatten(2).transpose(1, 2).reshape(b, n, -1, cfg.hidden)  # (B, n, T, C) row-major
+        rope = block_rotary(where[:, 0], where[:, 1], cfg.head_dim)
+
+        for i, layer in enumerate(self.layers):
+            mod = cond.layer_mods[i]
+            tokens = layer.attend(
+                tokens, mod, rope, lambda k, v, i=i: kv.gather(i, blocks, k, v), self.key_group_embed[i]
+            )
+            if i == 0:
+                windows = self.lr_cross.windows(lr.to(self.dtype), blocks)
+                tokens = tokens + self.lr_cross(layer_norm(tokens), windows)
+                m = self.lr_cross.post_norm(tokens)
+            else:
+                m = layer_norm(tokens)
+            tokens = layer.feed_forward(tokens, m, mod)
+
+        shift, scale = cond.final_mod
+        out = modulate(layer_norm(layer_norm(tokens)), shift, scale)  # QUIRK: final norm, then another LN
+        out = unpatchify(self.final_linear(out), cfg.patch_size, cfg.out_channels).float()
+        return _per_sample(cond.c_out, out) * out + _per_sample(cond.c_skip, xb) * xb.float()
+
+    # --- the whole image at once (the reference's `full` mode) ------------------------------------
+    def forward(self, x, sigma, u, lr, vector=None) -> torch.Tensor:
+        """D(x; sigma) of the whole image in one pass. x, u: (B, 3, H, W) with H, W whole blocks;
+        sigma: scalar or (B,); lr: (B, 3, H/4, W/4); vector: (B, vector_dim) or None."""
+        bs = self.config.block_size
+        rows, cols = x.shape[-2] // bs, x.shape[-1] // bs
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        blocks = [(r, c) for r in range(rows) for c in range(cols)]
+        out = self.forward_blocks(x, u, lr, self.condition(sigma, vector), blocks, KeyValueStore(len(self.layers)))
+        return stitch_blocks(out, rows, cols)
+
+
+def stitch_blocks(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(B, rows*cols, C, bs, bs) in row-major block order -> (B, C, rows*bs, cols*bs)."""
+    b, _, c, bs, _ = blocks.shape
+    x = blocks.view(b, rows, cols, c, bs, bs).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, rows * bs, cols * bs)
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)

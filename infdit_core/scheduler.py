@@ -1,0 +1,69 @@
+"""Block order for UniBA: which blocks are computed together and when cached keys/values can go.
+
+Pure Python. A block (r, c) reads the keys/values of (r, c-1), (r-1, c) and (r-1, c-1) in every
+layer, so any order in which those come earlier is valid. We scan along the longer side, so the blocks
+still needed form one column (wide image) or one row (tall image) of the shorter side, and cut the
+scan into consecutive groups of `block_batch` blocks: a block's neighbours are then either in its own
+group (computed in the same layer pass) or in the cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .attention import Block, neighbour_blocks
+
+SCANS = ("auto", "rows", "columns")
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    grid: tuple[int, int]  # (rows, cols) of blocks
+    scan: str  # "rows" or "columns"
+    groups: tuple[tuple[Block, ...], ...]
+    release_after: tuple[tuple[Block, ...], ...]  # blocks no later group reads, dropped after each group
+
+    @property
+    def block_batch(self) -> int:
+        return max(len(g) for g in self.groups)
+
+    def peak_cached_blocks(self) -> int:
+        """Most blocks held in the cache at once (the frontier), counted after each group is stored."""
+        held, peak = 0, 0
+        for group, release in zip(self.groups, self.release_after):
+            held += len(group)
+            peak = max(peak, held)
+            held -= len(release)
+        return peak
+
+
+def resolve_scan(rows: int, cols: int, scan: str = "auto") -> str:
+    if scan not in SCANS:
+        raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
+    if scan == "auto":
+        return "columns" if cols > rows else "rows"  # frontier = one line of the shorter side
+    return scan
+
+
+def scan_order(rows: int, cols: int, scan: str) -> list[Block]:
+    if scan == "rows":
+        return [(r, c) for r in range(rows) for c in range(cols)]
+    return [(r, c) for c in range(cols) for r in range(rows)]
+
+
+def plan_blocks(rows: int, cols: int, block_batch: int, scan: str = "auto") -> BlockPlan:
+    if rows < 1 or cols < 1:
+        raise ValueError(f"block grid must be at least 1x1, got {rows}x{cols}")
+    if not isinstance(block_batch, int) or block_batch < 1:
+        raise ValueError(f"block_batch must be an integer >= 1, got {block_batch!r}")
+    scan = resolve_scan(rows, cols, scan)
+    order = scan_order(rows, cols, scan)
+    groups = [tuple(order[i:i + block_batch]) for i in range(0, len(order), block_batch)]
+    group_of = {blk: g for g, group in enumerate(groups) for blk in group}
+    last_reader = {blk: group_of[blk] for blk in order}
+    for blk in order:
+        for nb in neighbour_blocks(*blk):
+            last_reader[nb] = max(last_reader[nb], group_of[blk])
+    release = [[] for _ in groups]
+    for blk in order:
+        release[last_reader[blk]].append(blk)
+    return BlockPlan((rows, cols), scan, tuple(groups), tuple(tuple(r) for r in release))
