@@ -282,13 +282,29 @@ def convert(src, dst, dtype: str | None = None) -> dict:
     return {"kept": len(kept), "dropped": len(state) - len(kept), "bytes": dst.stat().st_size, "config": config}
 
 
+def save_model(model, path, extra_metadata: dict[str, str] | None = None) -> None:
+    """Write a model as .safetensors with official key names and its config as metadata (atomic)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in official_state_dict(model).items()}
+    metadata = {CONFIG_METADATA_KEY: model.config.to_json(), "format": "inf-dit", **(extra_metadata or {})}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def official_state_dict(model) -> dict[str, torch.Tensor]:
     """Our model's weights under the official key names (inverse of `official_to_internal`)."""
     inverse = {}
     internal = model.state_dict()
     for key in internal:
-        inverse[key] = _internal_to_official(key)
-    out = {inverse[k]: v for k, v in internal.items()}
+        if not key.startswith("clip."):  # the CLIP tower is written under its own prefix below
+            inverse[key] = _internal_to_official(key)
+    out = {inverse[k]: v for k, v in internal.items() if k in inverse}
     if getattr(model, "clip", None) is not None:
         out.update({CLIP_PREFIX + k: v for k, v in model.clip.state_dict().items()})
     return out

@@ -121,6 +121,21 @@ class InfDiT(nn.Module):
         self.final_linear = nn.Linear(c, p * p * cfg.out_channels)
         self.clip = None  # the CLIP image tower, attached by the loader when vector_dim > 0
 
+    def initialize_weights(self) -> None:
+        """DiT-style init for training from scratch: Xavier linears, adaLN and output zeroed."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+                nn.init.zeros_(module.bias)
+        for layer in self.layers:
+            nn.init.zeros_(layer.modulation.weight)
+            nn.init.zeros_(layer.modulation.bias)
+        for p in (self.final_modulation.weight, self.final_modulation.bias, self.final_linear.weight, self.final_linear.bias):
+            nn.init.zeros_(p)
+        for p in (self.key_group_embed, self.lr_cross.query_pos, self.lr_cross.key_pos):
+            nn.init.normal_(p, std=0.02)
+        nn.init.normal_(self.time_embed[0].weight, std=0.02)
+
     @property
     def needs_clip(self) -> bool:
         return self.config.vector_dim > 0
