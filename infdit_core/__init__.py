@@ -2,13 +2,14 @@
 block scheduler whose memory grows with the shorter image side. Never imports ComfyUI."""
 from .checkpoint import CheckpointError, convert
 from .config import InfDiTConfig
-from .loader import inspect_checkpoint, load_inf_dit
+from .loader import DEMO_MODEL_PATH, inspect_checkpoint, load_inf_dit
 from .memory import MemoryEstimate, choose_block_batch, estimate_peak_bytes
 from .model import InfDiT
 from .pipeline import block_grid, sample, upscale_image
 from .sampler import BlockGroupDone, EvaluationDone, SamplingCancelled, evaluations_for, get_sigmas_karras
 
 __all__ = [
+    "DEMO_MODEL_PATH",
     "BlockGroupDone",
     "CheckpointError",
     "EvaluationDone",

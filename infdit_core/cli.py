@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import DTYPES, CheckpointError
-
-DEMO_MODEL_PATH = Path(__file__).parent / "weights" / "infdit-demo.safetensors"
+from .loader import DEMO_MODEL_PATH
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:

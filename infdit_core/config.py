@@ -26,6 +26,7 @@ class InfDiTConfig:
     mlp_ratio: int = 4
     # Demo-model options (the released model uses the defaults below).
     lr_input_scaled: bool = True  # QUIRK of the release: c_in multiplies the upsampled LR too
+    residual: bool = False  # diffuse y - u instead of y: the network only adds what bicubic misses
     sigma_max: float = 40.0  # first noise level of the sampler
     sigma_min: float = 0.002
 

@@ -16,6 +16,9 @@ from .clip import build_clip_visual
 from .config import InfDiTConfig
 from .model import InfDiT
 
+# A small model this project trained itself (issue 4), so everything works before the real weights arrive.
+DEMO_MODEL_PATH = Path(__file__).parent / "weights" / "infdit-demo.safetensors"
+
 CLIP_DOWNLOAD_HINT = (
     "download the open_clip ViT-L-14 weights (laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K, file "
     "open_clip_model.safetensors, about 1.7 GB) and pass it as clip_path / --clip "

@@ -174,6 +174,8 @@ class InfDiT(nn.Module):
         where = torch.tensor(blocks, device=x.device)
         xb = patchify_blocks(x, where, bs)  # (B, n, 3, bs, bs)
         ub = patchify_blocks(u, where, bs)
+        if cfg.residual:  # demo models: denoise x - u, then add u back
+            xb = xb - ub
         c_in = _per_sample(cond.c_in, xb)
         inp = torch.cat([xb * c_in, ub * c_in if cfg.lr_input_scaled else ub], dim=2).to(self.dtype)
         b, n = inp.shape[:2]
@@ -197,7 +199,8 @@ class InfDiT(nn.Module):
         shift, scale = cond.final_mod
         out = modulate(layer_norm(layer_norm(tokens)), shift, scale)  # QUIRK: final norm, then another LN
         out = unpatchify(self.final_linear(out), cfg.patch_size, cfg.out_channels).float()
-        return _per_sample(cond.c_out, out) * out + _per_sample(cond.c_skip, xb) * xb.float()
+        denoised = _per_sample(cond.c_out, out) * out + _per_sample(cond.c_skip, xb) * xb.float()
+        return denoised + ub.float() if cfg.residual else denoised
 
     # --- the whole image at once (the reference's `full` mode) ------------------------------------
     def forward(self, x, sigma, u, lr, vector=None) -> torch.Tensor:

@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heads", type=int, default=3)
     g.add_argument("--vector-dim", type=int, default=0, help="CLIP vector size (0 = no CLIP)")
     g.add_argument("--lr-input-unscaled", action="store_true", help="feed the upsampled LR without c_in (demo models)")
+    g.add_argument("--residual", action="store_true", help="diffuse the residual y - u (demo models)")
     g.add_argument("--sampler-sigma-max", type=float, default=40.0, help="first sampling noise level stored with the model")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=100_000, help="stop after this many steps")
@@ -75,7 +76,7 @@ def build_model(args) -> InfDiT:
         return model
     cfg = InfDiTConfig(
         layers=args.layers, hidden=args.hidden, heads=args.heads, vector_dim=args.vector_dim,
-        lr_input_scaled=not args.lr_input_unscaled, sigma_max=args.sampler_sigma_max,
+        lr_input_scaled=not args.lr_input_unscaled, residual=args.residual, sigma_max=args.sampler_sigma_max,
     )
     model = InfDiT(cfg)
     model.initialize_weights()
