@@ -1,0 +1,128 @@
+"""Block Size Control: how Inf-DiT Upscale schedules blocks, as an INF_DIT_BLOCKS wire, with the
+estimated peak memory of those settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import comfy_adapter as comfy
+from .core import InfDiTConfig, choose_block_batch, estimate_peak_bytes
+from .spec import Input, NodeResult, NodeSpec, Output
+
+GIB = 1024**3
+FRONTIER_ON_DEVICE = "on device"
+FRONTIER_OFFLOADED = "offloaded to CPU"
+SCANS = ("auto", "rows", "columns")
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """What travels on an INF_DIT_BLOCKS wire. Defaults = Inf-DiT Upscale without a Block Size Control."""
+
+    block_batch: int | str = "auto"  # blocks per forward pass, or "auto" (largest that fits the budget)
+    memory_budget: int | None = None  # bytes for "auto"; None = the device's free memory
+    offload_frontier: bool = False  # keep cached neighbour keys/values in CPU RAM
+    scan: str = "auto"
+
+    def __post_init__(self):
+        if self.block_batch != "auto" and (isinstance(self.block_batch, bool) or not isinstance(self.block_batch, int) or self.block_batch < 1):
+            raise ValueError(f"block batch must be 'auto' or an integer >= 1, got {self.block_batch!r}")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise ValueError(f"memory budget must be positive, got {self.memory_budget!r} bytes")
+        if self.scan not in SCANS:
+            raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {self.scan!r}")
+
+    def resolve_block_batch(self, config, out_h: int, out_w: int, dtype, free_bytes: int, include_clip=True) -> int:
+        if self.block_batch != "auto":
+            return self.block_batch
+        budget = self.memory_budget if self.memory_budget is not None else free_bytes
+        return choose_block_batch(config, out_h, out_w, budget, dtype, self.offload_frontier, 1, self.scan, include_clip)
+
+    def describe(self) -> str:
+        budget = "free memory" if self.memory_budget is None else f"{self.memory_budget / GIB:.1f} GiB"
+        frontier = FRONTIER_OFFLOADED if self.offload_frontier else FRONTIER_ON_DEVICE
+        return f"block batch {self.block_batch} (budget {budget}), frontier {frontier}, scan {self.scan}"
+
+
+def estimate(settings: BlockSettings, config, out_h: int, out_w: int, dtype=torch.bfloat16, free_bytes: int = 8 * GIB,
+             include_clip: bool = True):
+    """(block batch used, MemoryEstimate) for one image of out_h x out_w output pixels."""
+    n = settings.resolve_block_batch(config, out_h, out_w, dtype, free_bytes, include_clip)
+    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, settings.offload_frontier, 1, settings.scan, include_clip)
+    return n, est
+
+
+def estimate_text(settings: BlockSettings, out_h: int, out_w: int, config=None, dtype=torch.bfloat16,
+                  free_bytes: int = 8 * GIB) -> str:
+    config = config or InfDiTConfig.released()
+    n, est = estimate(settings, config, out_h, out_w, dtype, free_bytes)
+    return f"{out_w}x{out_h} output, {n} block(s) per pass: peak about {est}"
+
+
+def _free() -> int:
+    """What "auto" may use for the shown estimate: the compute device's free memory now."""
+    return comfy.free_memory_bytes(comfy.torch_device())
+
+
+def settings_from_inputs(block_batch: int, memory_budget_gb: float, frontier: str, scan: str) -> BlockSettings:
+    if frontier not in (FRONTIER_ON_DEVICE, FRONTIER_OFFLOADED):
+        raise ValueError(f"frontier must be {FRONTIER_ON_DEVICE!r} or {FRONTIER_OFFLOADED!r}, got {frontier!r}")
+    return BlockSettings(
+        block_batch="auto" if int(block_batch) == 0 else int(block_batch),
+        memory_budget=None if float(memory_budget_gb) <= 0 else int(float(memory_budget_gb) * GIB),
+        offload_frontier=frontier == FRONTIER_OFFLOADED,
+        scan=scan,
+    )
+
+
+def control(block_batch: int = 0, memory_budget_gb: float = 0.0, frontier: str = FRONTIER_ON_DEVICE, scan: str = "auto",
+            estimate_width: int = 4096, estimate_height: int = 4096, node_id=None) -> NodeResult:
+    settings = settings_from_inputs(block_batch, memory_budget_gb, frontier, scan)
+    text = estimate_text(settings, int(estimate_height), int(estimate_width), free_bytes=_free())
+    return NodeResult((settings,), ui={"text": [text]}, extra={"text": text})
+
+
+def estimate_query(query: dict) -> dict:
+    """Answer of GET /inf_dit/estimate: the live estimate web/ shows while widgets change."""
+    try:
+        settings = settings_from_inputs(
+            int(query.get("block_batch", 0)), float(query.get("memory_budget_gb", 0)),
+            query.get("frontier", FRONTIER_ON_DEVICE), query.get("scan", "auto"),
+        )
+        w, h = int(query.get("width", 4096)), int(query.get("height", 4096))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"bad estimate query: {e}") from None
+    if not (1 <= w <= 65536 and 1 <= h <= 65536):
+        raise ValueError(f"output size must be 1..65536 pixels per side, got {w}x{h}")
+    free = _free()
+    n, est = estimate(settings, InfDiTConfig.released(), h, w, free_bytes=free)
+    return {"block_batch": n, "total": est.total, "weights": est.weights, "frontier": est.frontier,
+            "activations": est.activations, "images": est.images, "text": estimate_text(settings, h, w, free_bytes=free)}
+
+
+def spec() -> NodeSpec:
+    return NodeSpec(
+        node_id="InfDiTBlockSize",
+        display_name="Inf-DiT Block Size Control",
+        description="How Inf-DiT Upscale walks the 128 px blocks: how many per pass, the memory budget, where the "
+                    "cached neighbours live, and the scan order. Shows the estimated peak memory (released model, bf16).",
+        inputs=(
+            Input("block_batch", "int", "Blocks denoised per network pass. 0 = auto: the largest that fits the memory "
+                  "budget. Smaller = less memory, slower.", default=0, min=0, max=4096, step=1),
+            Input("memory_budget_gb", "float", "Memory auto may use, in GiB. 0 = the free memory of the device "
+                  "(after ComfyUI unloads other models).", default=0.0, min=0.0, max=1024.0, step=0.5),
+            Input("frontier", "combo", "Where the cached keys/values of finished neighbour blocks live. Offloading to CPU "
+                  "saves device memory at some speed cost.", default=FRONTIER_ON_DEVICE,
+                  options=(FRONTIER_ON_DEVICE, FRONTIER_OFFLOADED)),
+            Input("scan", "combo", "Block order. auto walks along the longer side so the cached frontier is one line "
+                  "of the shorter side.", default="auto", options=SCANS),
+            Input("estimate_width", "int", "Output width used only for the memory estimate shown on this node.",
+                  default=4096, min=128, max=65536, step=128),
+            Input("estimate_height", "int", "Output height used only for the memory estimate shown on this node.",
+                  default=4096, min=128, max=65536, step=128),
+        ),
+        outputs=(Output("INF_DIT_BLOCKS", "block_control", "Scheduling settings for Inf-DiT Upscale."),),
+        run=control,
+        is_output_node=False,
+    )

@@ -1,0 +1,19 @@
+"""The core API the nodes use, imported once here.
+
+Inside ComfyUI the repository root is the package (custom_nodes/<pack>/), so the core is a sibling
+subpackage; in tests and scripts the root is on sys.path and the core is top-level `infdit_core`.
+"""
+try:
+    from ..infdit_core import (  # noqa: F401
+        DEMO_MODEL_PATH, BlockGroupDone, CheckpointError, EvaluationDone, InfDiTConfig, block_grid,
+        choose_block_batch, estimate_peak_bytes, evaluations_for, inspect_checkpoint, load_inf_dit, upscale_image,
+    )
+    from ..infdit_core.memory import default_budget, free_device_memory as default_free_memory  # noqa: F401
+    from ..infdit_core.scheduler import plan_blocks  # noqa: F401
+except ImportError:  # "attempted relative import beyond top-level package": nodes/ is top-level
+    from infdit_core import (  # noqa: F401
+        DEMO_MODEL_PATH, BlockGroupDone, CheckpointError, EvaluationDone, InfDiTConfig, block_grid,
+        choose_block_batch, estimate_peak_bytes, evaluations_for, inspect_checkpoint, load_inf_dit, upscale_image,
+    )
+    from infdit_core.memory import default_budget, free_device_memory as default_free_memory  # noqa: F401
+    from infdit_core.scheduler import plan_blocks  # noqa: F401
