@@ -82,7 +82,7 @@ def upscale(model, image, scale: str = "4", steps: int = 20, seed: int = 0, bloc
         for i in range(b):
             comfy.check_interrupted()
             args = dict(image=image[i:i + 1], scale=scale, steps=steps, seed=(seed + i) % (SEED_MAX + 1), scan=settings.scan)
-            out, oom = _try(net, args, n, settings.offload_frontier, rows, cols, out_h, out_w, evaluations, i, b, progress, node_id)
+            out, oom = _try(net, args, n, settings.offload_frontier, rows, cols, h * scale, w * scale, evaluations, i, b, progress, node_id)
             if oom:
                 retry = _fallback(n, settings.offload_frontier)
                 if retry is None:
@@ -90,7 +90,7 @@ def upscale(model, image, scale: str = "4", steps: int = 20, seed: int = 0, bloc
                 log.warning("Inf-DiT: out of memory at block batch %d; retrying with block batch %d%s", n, retry[0],
                             ", frontier offloaded" if retry[1] else "")
                 comfy.empty_cache()
-                out, oom = _try(net, args, *retry, rows, cols, out_h, out_w, evaluations, i, b, progress, node_id)
+                out, oom = _try(net, args, *retry, rows, cols, h * scale, w * scale, evaluations, i, b, progress, node_id)
                 if oom:
                     raise InfDiTOutOfMemory(_oom_message(handle, h, w, scale, *retry, device))
                 retried = retry

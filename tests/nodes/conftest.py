@@ -38,4 +38,6 @@ def folders(model_dir, tmp_path, monkeypatch):
 def tiny_handle(model_dir):
     from nodes import load
 
-    return load.load("tiny.safetensors", "fp32").outputs[0]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(comfy_adapter, "FALLBACK_FOLDERS", {"inf_dit": [str(model_dir)], "clip_vision": []})
+        return load.load("tiny.safetensors", "fp32").outputs[0]

@@ -1,0 +1,67 @@
+"""Block Size Control: settings from widgets, and an estimate that moves the right way with each setting."""
+import pytest
+
+from infdit_core import InfDiTConfig
+from nodes import block_size
+from nodes.block_size import GIB, BlockSettings, estimate
+
+CFG = InfDiTConfig.released()
+
+
+def total(settings, h=4096, w=4096, free=80 * GIB):
+    return estimate(settings, CFG, h, w, free_bytes=free)[1].total
+
+
+def test_estimate_grows_with_the_block_batch():
+    totals = [total(BlockSettings(n)) for n in (1, 2, 4, 8, 16, 32)]
+    assert totals == sorted(totals) and totals[0] < totals[-1]
+
+
+def test_offloading_the_frontier_lowers_the_estimate():
+    assert total(BlockSettings(4, offload_frontier=True)) < total(BlockSettings(4))
+
+
+def test_auto_uses_more_blocks_with_a_bigger_budget():
+    chosen = [estimate(BlockSettings(memory_budget=b * GIB), CFG, 4096, 4096)[0] for b in (4, 8, 16, 32, 64)]
+    assert chosen == sorted(chosen) and chosen[0] < chosen[-1]
+    assert all(total(BlockSettings(memory_budget=b * GIB)) <= b * GIB for b in (16, 32, 64))  # below 9 GiB nothing fits: 1
+
+
+def test_estimate_grows_with_the_output_size():
+    sizes = [total(BlockSettings(4), h, h) for h in (1024, 2048, 4096, 8192)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_widgets_become_settings():
+    s = block_size.settings_from_inputs(0, 0.0, block_size.FRONTIER_ON_DEVICE, "auto")
+    assert s == BlockSettings()
+    s = block_size.settings_from_inputs(3, 6.0, block_size.FRONTIER_OFFLOADED, "columns")
+    assert s == BlockSettings(3, 6 * GIB, True, "columns")
+
+
+@pytest.mark.parametrize("args,match", [
+    ((0, 0.0, "in the cloud", "auto"), "frontier"),
+    ((0, 0.0, block_size.FRONTIER_ON_DEVICE, "diagonal"), "scan"),
+])
+def test_bad_widgets_are_rejected(args, match):
+    with pytest.raises(ValueError, match=match):
+        block_size.settings_from_inputs(*args)
+
+
+def test_node_outputs_settings_and_shows_the_estimate():
+    result = block_size.control(2, 0.0, block_size.FRONTIER_OFFLOADED, "rows", 2048, 1024)
+    assert result.outputs == (BlockSettings(2, None, True, "rows"),)
+    (text,) = result.ui["text"]
+    assert text.startswith("2048x1024 output, 2 block(s) per pass: peak about ") and "GiB" in text
+
+
+def test_estimate_route_answers_the_frontend():
+    answer = block_size.estimate_query({"block_batch": "4", "frontier": block_size.FRONTIER_ON_DEVICE, "width": "4096", "height": "2048"})
+    assert answer["block_batch"] == 4
+    assert answer["total"] == answer["weights"] + answer["frontier"] + answer["activations"] + answer["images"]
+    lower = block_size.estimate_query({"block_batch": "1", "width": "4096", "height": "2048"})
+    assert lower["total"] < answer["total"]
+    with pytest.raises(ValueError, match="bad estimate query"):
+        block_size.estimate_query({"block_batch": "many"})
+    with pytest.raises(ValueError, match="output size"):
+        block_size.estimate_query({"width": "0"})

@@ -1,0 +1,49 @@
+"""What ComfyUI shows: ids, names, category, descriptions, a tooltip on every input; and that only the
+adapter touches ComfyUI."""
+import re
+from pathlib import Path
+
+import pytest
+
+from nodes import SPECS
+
+PACK = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("factory", SPECS)
+def test_every_node_is_documented(factory):
+    spec = factory()
+    assert spec.category == "image/upscaling/Inf-DiT"
+    assert spec.display_name and len(spec.description) > 40
+    for item in spec.inputs:
+        assert len(item.tooltip) > 20, f"{spec.node_id}.{item.name} needs a tooltip"
+        if item.kind == "combo" and item.default is not None:
+            assert item.default in item.options
+    for item in spec.outputs:
+        assert item.tooltip
+
+
+def test_node_ids_are_stable():
+    # Saved workflows refer to these: never rename them.
+    assert [f().node_id for f in SPECS] == ["InfDiTLoader", "InfDiTUpscale", "InfDiTBlockSize"]
+
+
+def test_upscale_inputs():
+    spec = SPECS[1]()
+    assert spec.input("seed").control_after_generate
+    assert spec.input("block_control").optional and spec.input("block_control").kind == "INF_DIT_BLOCKS"
+    assert spec.input("model").kind == "INF_DIT"
+    assert spec.input("scale").options == ("4", "2")
+
+
+def test_only_the_adapter_imports_comfyui():
+    pattern = re.compile(r"^\s*(from|import)\s+(comfy|comfy_api|folder_paths|server|nodes)\b", re.M)
+    offenders = [p.name for p in (PACK / "nodes").glob("*.py") if p.name != "comfy_adapter.py" and pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_root_registers_v3_only_and_serves_web():
+    text = (PACK / "__init__.py").read_text()
+    assert "async def comfy_entrypoint" in text and 'WEB_DIRECTORY = "./web"' in text
+    # ComfyUI ignores comfy_entrypoint when NODE_CLASS_MAPPINGS exists (nodes.py load_custom_node)
+    assert not re.search(r"^NODE_CLASS_MAPPINGS\s*=", text, re.M)

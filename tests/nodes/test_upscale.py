@@ -1,0 +1,125 @@
+"""Inf-DiT Upscale end to end on a tiny model: exact sizes, batches, RGBA, seeds, progress, Cancel, and
+the out-of-memory fallback."""
+import pytest
+import torch
+
+from nodes import comfy_adapter, upscale
+from nodes.block_size import BlockSettings
+
+
+def run(handle, image, scale="4", steps=1, seed=0, control=None):
+    return upscale.upscale(handle, image, scale, steps, seed, control)
+
+
+def image(b=1, h=16, w=16, c=3, seed=0):
+    return torch.rand(b, h, w, c, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("h,w,scale", [(16, 16, "4"), (17, 9, "4"), (21, 13, "2")])
+def test_output_is_exactly_scale_times_input(tiny_handle, h, w, scale):
+    out = run(tiny_handle, image(h=h, w=w), scale).outputs[0]
+    s = int(scale)
+    assert out.shape == (1, h * s, w * s, 3)
+    assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+
+
+def test_batch_runs_each_image_with_seed_plus_index(tiny_handle):
+    pic = image()
+    batch = run(tiny_handle, torch.cat([pic, pic]), seed=5).outputs[0]
+    assert batch.shape == (2, 64, 64, 3)
+    assert torch.equal(batch[0], run(tiny_handle, pic, seed=5).outputs[0][0])
+    assert torch.equal(batch[1], run(tiny_handle, pic, seed=6).outputs[0][0])
+    assert not torch.equal(batch[0], batch[1])
+
+
+def test_rgba_keeps_an_upscaled_alpha(tiny_handle):
+    pic = image(c=4)
+    pic[..., 3] = 0.25
+    out = run(tiny_handle, pic).outputs[0]
+    assert out.shape == (1, 64, 64, 4)
+    assert torch.allclose(out[..., 3], torch.full((1, 64, 64), 0.25), atol=1e-4)
+
+
+def test_seed_decides_the_result(tiny_handle):
+    pic = image()
+    a, b, c = (run(tiny_handle, pic, seed=s).outputs[0] for s in (1, 1, 2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_block_control_sets_the_block_batch(tiny_handle):
+    pic = image(h=40, w=24)  # 160x96 output: a 2x1 grid of 128 px blocks
+    assert run(tiny_handle, pic, control=BlockSettings(block_batch=1)).extra["block_batch"] == 1
+    assert run(tiny_handle, pic, control=BlockSettings(block_batch=2, scan="rows")).extra["block_batch"] == 2
+    assert run(tiny_handle, pic).extra["block_batch"] == 2  # auto: everything fits a tiny model
+
+
+def test_progress_and_block_messages_advance_per_group(tiny_handle, monkeypatch):
+    messages, updates = [], []
+    monkeypatch.setattr(comfy_adapter, "send_to_browser", lambda event, data: messages.append((event, data)))
+    monkeypatch.setattr(comfy_adapter.Progress, "update", lambda self, v, t, preview=None: updates.append((v, t, preview.size)))
+    run(tiny_handle, image(h=40, w=24), steps=2, control=BlockSettings(block_batch=1, scan="rows"))
+    # 2 steps = 3 network passes, 2 groups each
+    assert [u[:2] for u in updates] == [(i, 6) for i in range(1, 7)]
+    assert all(size == (96, 160) for *_, size in updates)  # preview = the real output, width x height
+    event, first = messages[0]
+    assert event == "inf_dit.blocks"
+    assert first["grid"] == [2, 1] and first["done"] == [[0, 0]] and first["running"] == [[1, 0]]
+    assert messages[1][1]["done"] == [[0, 0], [1, 0]] and messages[1][1]["running"] == []
+
+
+def test_cancel_stops_within_one_group_and_frees_memory(tiny_handle, monkeypatch):
+    groups, emptied = [], []
+    monkeypatch.setattr(comfy_adapter, "send_to_browser",
+                        lambda event, data: (groups.append(data), comfy_adapter.request_interrupt()))
+    monkeypatch.setattr(comfy_adapter, "empty_cache", lambda: emptied.append(True))
+    with pytest.raises(comfy_adapter.Interrupted):
+        run(tiny_handle, image(h=40, w=24), steps=3, control=BlockSettings(block_batch=1))
+    assert len(groups) == 1  # cancelled right after the first of 10 groups
+    assert emptied
+    monkeypatch.setattr(comfy_adapter, "send_to_browser", lambda event, data: None)
+    assert run(tiny_handle, image()).outputs[0].shape == (1, 64, 64, 3)  # the next run is not cancelled
+
+
+def fake_oom(monkeypatch, fails_when):
+    calls = []
+    real = upscale.upscale_image
+
+    def flaky(model, **kw):
+        calls.append((kw["block_batch"], kw["offload_frontier"]))
+        if fails_when(kw["block_batch"], kw["offload_frontier"]):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(model, **kw)
+
+    monkeypatch.setattr(upscale, "upscale_image", flaky)
+    return calls
+
+
+def test_out_of_memory_halves_the_block_batch_and_retries(tiny_handle, monkeypatch):
+    calls = fake_oom(monkeypatch, lambda n, off: n > 1)
+    result = run(tiny_handle, image(h=40, w=24), control=BlockSettings(block_batch=2))
+    assert calls == [(2, False), (1, False)]
+    assert result.extra["retried"] == (1, False)
+    assert result.outputs[0].shape == (1, 160, 96, 3)
+
+
+def test_out_of_memory_at_block_batch_one_offloads_the_frontier(tiny_handle, monkeypatch):
+    calls = fake_oom(monkeypatch, lambda n, off: not off)
+    run(tiny_handle, image(), control=BlockSettings(block_batch=1))
+    assert calls == [(1, False), (1, True)]
+
+
+def test_second_out_of_memory_gives_a_clear_error(tiny_handle, monkeypatch):
+    calls = fake_oom(monkeypatch, lambda n, off: True)
+    with pytest.raises(upscale.InfDiTOutOfMemory) as err:
+        run(tiny_handle, image(h=40, w=24), control=BlockSettings(block_batch=2))
+    assert calls == [(2, False), (1, False)]  # retried exactly once
+    message = str(err.value)
+    assert "40x24 -> 160x96" in message.replace("24x40", "40x24") or "24x40 -> 96x160" in message
+    assert "Block Size Control" in message or "smaller input" in message
+    assert err.value.__cause__ is None and err.value.__context__ is None  # no torch traceback chained
+
+
+def test_not_an_image_is_a_clear_error(tiny_handle):
+    with pytest.raises(ValueError, match="IMAGE batch"):
+        run(tiny_handle, torch.rand(16, 16, 3))
