@@ -1,0 +1,51 @@
+"""The shipped workflows load in ComfyUI's frontend: every node, input, link and widget value exists."""
+import json
+from pathlib import Path
+
+import pytest
+
+from workflow_tools import definitions, to_api
+
+FOLDER = Path(__file__).resolve().parents[2] / "example_workflows"  # the name ComfyUI's template browser scans first
+WORKFLOWS = sorted(FOLDER.glob("*.json"))
+
+
+def test_all_three_workflows_ship():
+    assert {p.stem for p in WORKFLOWS} == {"sdxl_txt2img_infdit_x4", "load_image_infdit_x4", "infdit_x2_small_gpu"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_references_only_existing_nodes_and_inputs(path):
+    workflow = json.loads(path.read_text())
+    prompt = to_api(workflow, definitions())
+    assert any(n["class_type"] == "InfDiTUpscale" for n in prompt.values())
+    assert any(n["class_type"] == "SaveImage" for n in prompt.values())
+    assert workflow["last_node_id"] == max(n["id"] for n in workflow["nodes"])
+    assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
+
+
+def by_type(path):
+    prompt = to_api(json.loads((FOLDER / path).read_text()), definitions())
+    return {n["class_type"]: n["inputs"] for n in prompt.values()}
+
+
+def test_sdxl_workflow_generates_1024_and_upscales_4x():
+    nodes = by_type("sdxl_txt2img_infdit_x4.json")
+    assert (nodes["EmptyLatentImage"]["width"], nodes["EmptyLatentImage"]["height"]) == (1024, 1024)
+    assert nodes["InfDiTUpscale"]["scale"] == "4" and nodes["InfDiTUpscale"]["image"][0] in {
+        k for k, v in to_api(json.loads((FOLDER / "sdxl_txt2img_infdit_x4.json").read_text()), definitions()).items()
+        if v["class_type"] == "VAEDecode"}
+
+
+def test_small_gpu_workflow_upscales_2x_with_block_control():
+    nodes = by_type("infdit_x2_small_gpu.json")
+    assert nodes["InfDiTUpscale"]["scale"] == "2" and "block_control" in nodes["InfDiTUpscale"]
+    assert nodes["InfDiTBlockSize"]["block_batch"] == 1 and nodes["InfDiTBlockSize"]["frontier"] == "offloaded to CPU"
+
+
+def test_a_wrong_input_name_is_caught():
+    workflow = json.loads((FOLDER / "load_image_infdit_x4.json").read_text())
+    upscale = next(n for n in workflow["nodes"] if n["type"] == "InfDiTUpscale")
+    upscale["inputs"][1]["name"] = "picture"
+    with pytest.raises(ValueError, match="no input named picture"):
+        to_api(workflow, definitions())
