@@ -1,0 +1,63 @@
+// node --test tests/web : the pure logic behind the Inf-DiT frontend extension.
+import assert from "node:assert/strict";
+import test from "node:test";
+
+import { cellStates, estimateLabel, estimateQuery, formatBytes, layoutGrid, parseBlocksMessage,
+  progressLabel } from "../../web/grid.js";
+
+const message = { node: "7", grid: [2, 3], done: [[0, 0], [0, 1]], running: [[0, 2]], image: 0, images: 2,
+  evaluation: 4, evaluations: 39, value: 10, max: 78 };
+
+test("a blocks message becomes grid state", () => {
+  const state = parseBlocksMessage(message);
+  assert.equal(state.node, "7");
+  assert.equal(state.rows, 2);
+  assert.equal(state.cols, 3);
+  assert.deepEqual(cellStates(state), [["done", "done", "running"], ["waiting", "waiting", "waiting"]]);
+});
+
+test("absent or foreign messages are ignored, not thrown on", () => {
+  for (const bad of [undefined, null, 3, {}, { grid: [0, 2], done: [] }, { grid: [2, 2], done: "x" },
+    { grid: [2], done: [] }, { grid: [2, 2], done: [[0]] }]) {
+    assert.equal(parseBlocksMessage(bad), null);
+  }
+  const old = parseBlocksMessage({ grid: [1, 1], done: [] }); // a minimal (older) payload still draws
+  assert.deepEqual(cellStates(old), [["waiting"]]);
+  assert.equal(old.node, null);
+});
+
+test("blocks outside the grid are dropped", () => {
+  const state = parseBlocksMessage({ grid: [1, 2], done: [[0, 0], [5, 5]], running: [[0, -1], [0, 1]] });
+  assert.deepEqual(cellStates(state), [["done", "running"]]);
+});
+
+test("the grid layout fits the area with square cells", () => {
+  for (const [rows, cols, w, h] of [[1, 1, 300, 100], [32, 32, 300, 140], [2, 8, 300, 140], [8, 2, 300, 140]]) {
+    const { size, box, cell } = layoutGrid(rows, cols, w, h);
+    assert.ok(size >= 1);
+    assert.ok(box.w <= w && box.h <= h, `${rows}x${cols} fits`);
+    const last = cell(rows - 1, cols - 1);
+    assert.ok(last.x + last.size <= w && last.y + last.size <= h);
+    assert.ok(cell(0, 1).x > cell(0, 0).x || cols === 1);
+  }
+});
+
+test("progress label counts images, passes and blocks", () => {
+  assert.equal(progressLabel(parseBlocksMessage(message)), "image 1/2 · pass 5/39 · 2/6 blocks");
+  assert.equal(progressLabel(parseBlocksMessage({ ...message, images: 1 })), "pass 5/39 · 2/6 blocks");
+});
+
+test("estimate query and label", () => {
+  const q = new URLSearchParams(estimateQuery({ block_batch: 2, memory_budget_gb: 6, frontier: "offloaded to CPU",
+    scan: "auto", estimate_width: 4096, estimate_height: 2048, other: 1 }));
+  assert.equal(q.get("block_batch"), "2");
+  assert.equal(q.get("width"), "4096");
+  assert.equal(q.get("height"), "2048");
+  assert.equal(q.get("frontier"), "offloaded to CPU");
+  assert.equal(q.has("other"), false);
+  assert.equal(estimateLabel({ total: 3 * 1024 ** 3, block_batch: 4 }), "peak ≈ 3.00 GiB at 4 block(s)/pass");
+  assert.equal(estimateLabel({ error: "bad" }), null);
+  assert.equal(estimateLabel(undefined), null);
+  assert.equal(formatBytes(512 * 1024 ** 2), "512 MiB");
+  assert.equal(formatBytes(NaN), "?");
+});

@@ -1,0 +1,109 @@
+// Inf-DiT frontend extension: the block grid on Inf-DiT Upscale while it runs (from the server's
+// "inf_dit.blocks" messages) and the memory estimate on Block Size Control. Everything is optional:
+// without messages or the estimate route (older pack, older server) the nodes look like plain nodes.
+import { BLOCKS_EVENT, COLORS, ESTIMATE_ROUTE, cellStates, estimateLabel, estimateQuery, layoutGrid,
+  parseBlocksMessage, progressLabel } from "./grid.js";
+
+const comfy = window.comfyAPI ?? {};
+const app = comfy.app?.app ?? (await import("../../scripts/app.js")).app;
+const api = comfy.api?.api ?? (await import("../../scripts/api.js")).api;
+
+const GRID_HEIGHT = 140;
+
+// Run `extra` after an existing method instead of replacing it (other extensions may hook it too).
+function chain(proto, name, extra) {
+  const original = proto[name];
+  proto[name] = function (...args) {
+    const result = original?.apply(this, args);
+    extra.apply(this, args);
+    return result;
+  };
+}
+
+function widgetsBottom(node) {
+  const last = node.widgets?.at(-1);
+  return last?.last_y != null ? last.last_y + 26 : 30 + (node.widgets?.length ?? 0) * 24;
+}
+
+function drawGrid(node, ctx) {
+  const state = node.infditBlocks;
+  if (!state) return;
+  const top = widgetsBottom(node) + 18;
+  const width = node.size[0] - 16;
+  const height = Math.max(node.size[1] - top - 6, 20);
+  if (node.size[1] < top + GRID_HEIGHT) node.setSize([node.size[0], top + GRID_HEIGHT]);
+  const { cell } = layoutGrid(state.rows, state.cols, width, height);
+  const cells = cellStates(state);
+  ctx.save();
+  ctx.fillStyle = "#ccc";
+  ctx.font = "11px sans-serif";
+  ctx.fillText(progressLabel(state), 8, top - 5);
+  for (let r = 0; r < state.rows; r++) {
+    for (let c = 0; c < state.cols; c++) {
+      const { x, y, size } = cell(r, c);
+      ctx.fillStyle = COLORS[cells[r][c]];
+      ctx.fillRect(8 + x, top + y, size, size);
+    }
+  }
+  ctx.restore();
+}
+
+function drawEstimate(node, ctx) {
+  if (!node.infditEstimate) return;
+  ctx.save();
+  ctx.fillStyle = "#9cf";
+  ctx.font = "12px sans-serif";
+  ctx.fillText(node.infditEstimate, 10, node.size[1] - 8);
+  ctx.restore();
+}
+
+async function refreshEstimate(node) {
+  const values = Object.fromEntries((node.widgets ?? []).map((w) => [w.name, w.value]));
+  try {
+    const response = await api.fetchApi(`${ESTIMATE_ROUTE}?${estimateQuery(values)}`);
+    node.infditEstimate = response.ok ? estimateLabel(await response.json()) : null;
+  } catch {
+    node.infditEstimate = null; // no route on this server: show nothing
+  }
+  node.setDirtyCanvas(true, false);
+}
+
+app.registerExtension({
+  name: "InfDiT.BlockGrid",
+  setup() {
+    api.addEventListener(BLOCKS_EVENT, ({ detail }) => {
+      const state = parseBlocksMessage(detail);
+      const node = state?.node != null ? app.graph?.getNodeById(Number(state.node)) : null;
+      if (!node) return;
+      node.infditBlocks = state;
+      node.setDirtyCanvas(true, false);
+    });
+  },
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name === "InfDiTUpscale") {
+      chain(nodeType.prototype, "onDrawForeground", function (ctx) {
+        if (!this.flags?.collapsed) drawGrid(this, ctx);
+      });
+    } else if (nodeData.name === "InfDiTBlockSize") {
+      chain(nodeType.prototype, "onNodeCreated", function () {
+        let timer = null;
+        for (const widget of this.widgets ?? []) {
+          const previous = widget.callback;
+          widget.callback = (...args) => {
+            previous?.apply(widget, args);
+            clearTimeout(timer);
+            timer = setTimeout(() => refreshEstimate(this), 250);
+          };
+        }
+        refreshEstimate(this);
+      });
+      chain(nodeType.prototype, "onExecuted", function (message) {
+        const text = message?.text?.[0];
+        if (typeof text === "string") this.infditEstimate = text.replace(/\s*\(weights.*$/, "");
+      });
+      chain(nodeType.prototype, "onDrawForeground", function (ctx) {
+        if (!this.flags?.collapsed) drawEstimate(this, ctx);
+      });
+    }
+  },
+});
