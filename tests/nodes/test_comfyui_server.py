@@ -22,6 +22,7 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run the pack in it")
 REPO = Path(__file__).resolve().parents[2]
 MODEL_NAME = "infdit-test-tiny.safetensors"
+PACK_NAME = None  # the folder name under custom_nodes/, set by the server fixture
 
 
 def http(url, data=None, timeout=30):
@@ -35,9 +36,12 @@ def http(url, data=None, timeout=30):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = Path(COMFYUI_DIR)
-    pack = root / "custom_nodes" / REPO.name
-    if not any(p.resolve() == REPO for p in (root / "custom_nodes").iterdir()):
-        pack.symlink_to(REPO, target_is_directory=True)
+    linked = [p for p in (root / "custom_nodes").iterdir() if p.resolve() == REPO]
+    if not linked:
+        linked = [root / "custom_nodes" / "ComfyUI-Inf-DiT"]
+        linked[0].symlink_to(REPO, target_is_directory=True)
+    global PACK_NAME
+    PACK_NAME = linked[0].name
     from infdit_core import InfDiT, InfDiTConfig
     from infdit_core.checkpoint import save_model
     from PIL import Image
@@ -83,7 +87,8 @@ def test_nodes_are_registered(server):
 
 
 def test_templates_and_web_extension_are_served(server):
-    assert REPO.name in http(server + "/workflow_templates")
+    templates = http(server + "/workflow_templates")[PACK_NAME]
+    assert sorted(templates) == sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
     assert any("inf_dit" in e for e in http(server + "/extensions"))
     assert http(server + "/inf_dit/estimate?block_batch=1&width=1024&height=1024")["block_batch"] == 1
 
