@@ -20,29 +20,25 @@ function chain(proto, name, extra) {
   };
 }
 
-function widgetsBottom(node) {
-  const last = node.widgets?.at(-1);
-  return last?.last_y != null ? last.last_y + 26 : 30 + (node.widgets?.length ?? 0) * 24;
-}
-
+// Drawn just below the node: the node's own area belongs to the progress preview image.
 function drawGrid(node, ctx) {
   const state = node.infditBlocks;
   if (!state) return;
-  const top = widgetsBottom(node) + 18;
-  const width = node.size[0] - 16;
-  const height = Math.max(node.size[1] - top - 6, 20);
-  if (node.size[1] < top + GRID_HEIGHT) node.setSize([node.size[0], top + GRID_HEIGHT]);
-  const { cell } = layoutGrid(state.rows, state.cols, width, height);
+  const top = node.size[1] + 6;
+  const width = node.size[0];
+  const { cell } = layoutGrid(state.rows, state.cols, width - 8, GRID_HEIGHT - 22);
   const cells = cellStates(state);
   ctx.save();
+  ctx.fillStyle = "rgba(20, 22, 26, 0.85)";
+  ctx.fillRect(0, top, width, GRID_HEIGHT);
   ctx.fillStyle = "#ccc";
   ctx.font = "11px sans-serif";
-  ctx.fillText(progressLabel(state), 8, top - 5);
+  ctx.fillText(`Inf-DiT blocks: ${progressLabel(state)}`, 6, top + 14);
   for (let r = 0; r < state.rows; r++) {
     for (let c = 0; c < state.cols; c++) {
       const { x, y, size } = cell(r, c);
       ctx.fillStyle = COLORS[cells[r][c]];
-      ctx.fillRect(8 + x, top + y, size, size);
+      ctx.fillRect(4 + x, top + 18 + y, size, size);
     }
   }
   ctx.restore();
@@ -95,6 +91,10 @@ app.registerExtension({
             timer = setTimeout(() => refreshEstimate(this), 250);
           };
         }
+        refreshEstimate(this);
+      });
+      // Saved workflows set widget values after onNodeCreated, without calling the widget callbacks.
+      chain(nodeType.prototype, "onConfigure", function () {
         refreshEstimate(this);
       });
       chain(nodeType.prototype, "onExecuted", function (message) {
