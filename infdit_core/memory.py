@@ -1,9 +1,13 @@
 """Peak-memory estimate of sampling with the block scheduler, and the block batch that fits a budget.
 
 Counts what is alive at the peak of one network evaluation: the weights, the frontier of cached
-keys/values (2 tensors of T x C per block and layer), the activations of one group (dominated by the
-four gathered key/value groups of the attention and the LR-window cross-attention), and the
+keys/values (2 tensors of T x C per block and layer), the activations of one group, and the
 full-size image buffers of the Heun sampler (kept in float32).
+
+The activation counts below are in units of one (B, n, T, C) tensor and were checked against
+benchmarks/memory.py (4 layers, hidden 512, fp32, CPU peak RSS; within 20% for 256..1024 px).
+Attention goes through F.scaled_dot_product_attention, whose fused kernels (CPU flash, CUDA
+flash / memory-efficient) never hold the T x 4T score matrix, so no score term is counted.
 """
 from __future__ import annotations
 
@@ -11,15 +15,29 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import neighbour_blocks
 from .config import LR_WINDOW, InfDiTConfig
-from .scheduler import plan_blocks
+from .scheduler import BlockPlan, plan_blocks
 
-# Tensors of size (B, n, T, C) alive at the attention peak of one layer: the layer input, q/k/v,
-# the four gathered key and value groups, the keys with their group embedding, the transposed key and
-# value copies handed to attention, and its output.
-_ATTENTION_TENSORS = 1 + 3 + 8 + 4 + 8 + 2
-_CROSS_WINDOW_TENSORS = 1 + 2 + 2 + 2  # window features, key/value, normed keys, transposed copies
-_IMAGE_BUFFERS = 8  # x, u, noise, D, d, x', out, and a temporary, float32, whole padded output size
+# Alive at the attention call of a layer: the layer input, q/k/v (3), roped q and k (2), the four
+# gathered key and value groups (8), the keys plus their group embedding (4), the attention output
+# and its reshaped copy (2).
+_ATTENTION_TENSORS = 1 + 3 + 2 + 8 + 4 + 2
+# Alive when the keys/values are gathered: input, qkv, roped q and k, the gathered groups; the
+# concatenated pools of this group and the cached neighbours come on top (counted per block).
+_GATHER_TENSORS = 1 + 3 + 2 + 8
+# Held across all layers by the forward: the previous layer's normed MLP input, and the layer-0 LR
+# window features (2304 tokens per block, i.e. 2.25 units).
+_CARRIED_TENSORS = 1
+# Layer-0 cross-attention: the window features, their key/value (2), the contiguous key copy made
+# by its LayerNorm and the normed keys, all 2304 tokens per block; plus 4 block-sized tensors (layer
+# input, its norm, q, normed q).
+_CROSS_WINDOW_TENSORS = 1 + 2 + 1 + 1
+_CROSS_TENSORS = 4
+_MLP_TENSORS = 3 + 2 * 4  # input, normed, modulated, the 4C-wide hidden and its GELU
+# Kernel workspace on top of live tensors (GEMM packing, attention tiles): measured about 0.5 unit.
+_WORKSPACE_TENSORS = 0.5
+_IMAGE_BUFFERS = 8  # x0, u, noise, x, d, x', D, and a temporary: float32, whole padded output size
 CLIP_VISUAL_PARAMS = 303_966_976  # open_clip ViT-L-14 image tower
 
 
@@ -75,14 +93,26 @@ def estimate_peak_bytes(
     weights = (dit_parameters(config) + clip) * el
     per_block_kv = 2 * config.layers * t * c * el * batch
     frontier = 0 if offload_frontier or len(plan.groups) == 1 else plan.peak_cached_blocks() * per_block_kv
-    unit = batch * n * t * c * el
-    attention = _ATTENTION_TENSORS * unit
-    mlp = (2 + 2 * config.mlp_ratio) * unit
-    cross = _CROSS_WINDOW_TENSORS * batch * n * LR_WINDOW**2 * c * el + 4 * unit
-    scores = batch * n * config.heads * t * 4 * t * el  # attention may materialise scores on some backends
-    activations = max(attention + scores, mlp, cross)
+    per_block = batch * t * c * el  # one unit for one block
+    window = LR_WINDOW**2 / t  # LR-window tokens per block, in units
+    carried = (_CARRIED_TENSORS + window) * n
+    attention = _ATTENTION_TENSORS * n + carried
+    gather = _GATHER_TENSORS * n + carried + 2 * (n + _cached_reads(plan))  # k and v pools
+    cross = (_CROSS_TENSORS + _CROSS_WINDOW_TENSORS * window) * n
+    mlp = _MLP_TENSORS * n + carried
+    rope = 2 * n * t * config.head_dim * 4  # cos/sin tables, float32
+    activations = int((max(attention, gather, cross, mlp) + _WORKSPACE_TENSORS * n) * per_block) + rope
     images = _IMAGE_BUFFERS * batch * 3 * rows * bs * cols * bs * 4
     return MemoryEstimate(weights, frontier, activations, images)
+
+
+def _cached_reads(plan: BlockPlan) -> int:
+    """Most distinct cached blocks one group reads (its neighbours outside the group)."""
+    most = 0
+    for group in plan.groups:
+        inside = set(group)
+        most = max(most, len({nb for blk in group for nb in neighbour_blocks(*blk)} - inside))
+    return most
 
 
 def choose_block_batch(
