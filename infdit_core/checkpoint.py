@@ -197,7 +197,9 @@ def split_state(path, state, metadata):
         )
     try:
         config = infer_config(state, metadata)
-    except (KeyError, ValueError, IndexError) as e:
+    except KeyError as e:
+        raise CheckpointError(f"{name} looks like Inf-DiT but is incomplete: missing key {e} (download it again)") from None
+    except (ValueError, IndexError) as e:
         raise CheckpointError(f"{name} looks like Inf-DiT but is incomplete: cannot read its shape ({_first_line(e)})") from None
     model_state, clip_state = {}, {}
     unexpected = []
@@ -214,7 +216,7 @@ def split_state(path, state, metadata):
 def check_against_model(name, model, model_state, unexpected) -> None:
     """Strict key and shape check with a message naming missing and unexpected keys."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in model_state]
+    missing = [_internal_to_official(k) for k in expected if k not in model_state]  # as the user's file names them
     unexpected = unexpected + [k for k in model_state if k not in expected]
     wrong = [
         f"{k} {tuple(model_state[k].shape)} != {tuple(v.shape)}"
