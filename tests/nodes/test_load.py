@@ -1,6 +1,7 @@
 """Load Inf-DiT end to end on tiny checkpoints: both formats, the cache, dtypes, and readable errors."""
 import pytest
 import torch
+from node_fixtures import folders, model_dir, tiny_handle  # noqa: F401 (fixtures)
 
 from infdit_core import CheckpointError
 from nodes import load

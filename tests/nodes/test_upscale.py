@@ -2,6 +2,7 @@
 the out-of-memory fallback."""
 import pytest
 import torch
+from node_fixtures import folders, model_dir, tiny_handle  # noqa: F401 (fixtures)
 
 from nodes import comfy_adapter, upscale
 from nodes.block_size import BlockSettings

@@ -1,4 +1,7 @@
-"""Tiny Inf-DiT checkpoints built by the tests themselves, and the node pack set up without ComfyUI."""
+"""Tiny Inf-DiT checkpoints built by the tests themselves, and the node pack set up without ComfyUI.
+
+A plain module imported by the test files, not a conftest.py: tests/conftest.py is imported as the module
+`conftest`, and a second conftest.py here would replace it in sys.modules for the core tests."""
 import pytest
 import torch
 
