@@ -44,6 +44,25 @@ SKIP_ABOVE = 12 * 1024**3  # whole-image points whose estimate exceeds this are 
 MiB = 1024**2
 
 
+def header() -> str:
+    """Date, machine and library versions, printed at the top of every benchmark output."""
+    import datetime
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"# {date}; CPU: {cpu} ({os.cpu_count()} logical cores); GPU: {gpu}; "
+            f"torch {torch.__version__}; python {platform.python_version()}")
+
+
 def _status(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -151,7 +170,7 @@ def estimate(spec: dict):
     return est, est.frontier + est.activations + one_image
 
 
-def points(quick: bool, dtype: str) -> list[dict]:
+def points(quick: bool, dtype: str, series: str = "width,square", chosen_modes: str = "") -> list[dict]:
     if quick:
         sizes = [("width", 256, w) for w in (256, 512, 1024)] + [("square", s, s) for s in (256, 512)]
         modes = ["whole", 1]
@@ -159,7 +178,10 @@ def points(quick: bool, dtype: str) -> list[dict]:
         sizes = [("width", 256, w) for w in (256, 512, 1024, 2048, 4096)]
         sizes += [("square", s, s) for s in (256, 512, 1024)]
         modes = ["whole", 1, 4]
-    return [dict(series=s, height=h, width=w, n=m, dtype=dtype, config=CONFIG) for s, h, w in sizes for m in modes]
+    if chosen_modes:
+        modes = [m if m == "whole" else int(m) for m in chosen_modes.split(",")]
+    return [dict(series=s, height=h, width=w, n=m, dtype=dtype, config=CONFIG)
+            for s, h, w in sizes if s in series.split(",") for m in modes]
 
 
 def slope(xs, ys) -> float:
@@ -203,17 +225,20 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="a small subset of sizes")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--series", default="width,square", help="which size series to run")
+    ap.add_argument("--modes", default="", help="e.g. whole,1,4 (default: whole,1,4; --quick: whole,1)")
     ap.add_argument("--out", help="append raw results (JSON lines) to this file")
     ap.add_argument("--report", help="re-print a saved JSON-lines run with the current estimator")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+    print(header())
     if args.report:
         report([json.loads(line) for line in open(args.report) if line.strip()])
         return
     rows = []
-    for spec in points(args.quick, args.dtype):
+    for spec in points(args.quick, args.dtype, args.series, args.modes):
         est, _ = estimate(spec)
         if spec["n"] == "whole" and est.total > SKIP_ABOVE:
             r = dict(spec, skipped=f"skipped: estimate {est.total / 1024**3:.1f} GiB")

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memory import estimate, run_point  # noqa: E402
+from memory import estimate, header, run_point  # noqa: E402
 
 from infdit_core.config import InfDiTConfig  # noqa: E402
 from infdit_core.memory import choose_block_batch, estimate_peak_bytes  # noqa: E402
@@ -59,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--measure", default="", help="comma-separated square sizes to measure (n=1, early stop)")
     args = ap.parse_args()
+    print(header())
     cfg = InfDiTConfig.released()
     bf16 = torch.bfloat16
     print("Estimator, released config, bf16, sampling (GiB): weights include the CLIP tower (0.57 GiB)")
