@@ -191,6 +191,11 @@ def slope(xs, ys) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / den if den else float("nan")
 
 
+def _linear_slope(xs, ys) -> float:
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+
+
 def report(rows: list[dict]) -> None:
     print(f"{'series':7} {'H x W':>11} {'mode':>6} {'measured':>9} {'estimate':>9} {'est/meas':>8} "
           f"{'est.total':>9} {'weights':>8} {'time s':>7}   (MiB)")
@@ -213,7 +218,9 @@ def report(rows: list[dict]) -> None:
             s = slope(xs, [r["measured"] for r in pts])
             extra = f", vs pixels {s / 2:.2f}" if series == "square" else ""
             label = mode if mode == "whole" else f"n={mode}"
-            print(f"  {series:6} {label:6} vs {against}: {s:.2f}{extra}")
+            # a fixed part (one group's activations) hides linear growth in the exponent: also the slope
+            lin = _linear_slope(xs, [r["measured"] for r in pts]) * 128 / MiB
+            print(f"  {series:6} {label:6} vs {against}: {s:.2f}{extra};  linear fit: {lin:+.2f} MiB per 128 px")
     errs = [abs(estimate(r)[1] / r["measured"] - 1) for r in ok]
     sched = [abs(estimate(r)[1] / r["measured"] - 1) for r in ok if r["n"] != "whole"]
     if errs:
