@@ -4,8 +4,10 @@ Counts what is alive at the peak of one network evaluation: the weights, the fro
 keys/values (2 tensors of T x C per block and layer), the activations of one group, and the
 full-size image buffers of the Heun sampler (kept in float32).
 
-The activation counts below are in units of one (B, n, T, C) tensor and were checked against
-benchmarks/memory.py (4 layers, hidden 512, fp32, CPU peak RSS; within 20% for 256..1024 px).
+The activation counts below are in units of one (B, n, T, C) tensor, read from the code of
+model.py/attention.py and checked against benchmarks/memory.py (4 layers, hidden 512, fp32, CPU
+peak RSS of one evaluation, 256..4096 px: within 6% for the scheduler and the whole-image path;
+released architecture, bf16, n=1, 1024 px: within 2%; see benchmarks/results/).
 Attention goes through F.scaled_dot_product_attention, whose fused kernels (CPU flash, CUDA
 flash / memory-efficient) never hold the T x 4T score matrix, so no score term is counted.
 """
@@ -21,7 +23,7 @@ from .scheduler import BlockPlan, plan_blocks
 
 # Alive at the attention call of a layer: the layer input, q/k/v (3), roped q and k (2), the four
 # gathered key and value groups (8), the keys plus their group embedding (4), the attention output
-# and its reshaped copy (2).
+# (1) and one more for backends whose (B, h, T, d)-contiguous output is copied by the final reshape.
 _ATTENTION_TENSORS = 1 + 3 + 2 + 8 + 4 + 2
 # Alive when the keys/values are gathered: input, qkv, roped q and k, the gathered groups; the
 # concatenated pools of this group and the cached neighbours come on top (counted per block).
