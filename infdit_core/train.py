@@ -131,6 +131,7 @@ def train(args) -> Path:
         if cfg.vector_dim:
             raise SystemExit("resuming CLIP-conditioned training is not supported yet; restart with --init")
     else:
+        torch.manual_seed(args.seed)  # the initial weights, so that a run is reproducible from its command
         model = build_model(args)
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)

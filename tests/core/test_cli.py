@@ -1,0 +1,74 @@
+"""The command line: upscale writes exactly scale x size, bad input is a clear error with no output."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, TINY, random_model, write_official_pt, write_safetensors
+from infdit_core.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return write_safetensors(random_model(TINY, seed=9), tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+def png(path, size=(13, 9), mode="RGB"):
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    arr = np.random.default_rng(0).integers(0, 255, size=(size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(arr[..., 0] if mode == "L" else arr, mode=mode).save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_upscale_writes_four_times_the_size(tmp_path, model_file, mode):
+    src = png(tmp_path / "in.png", mode=mode)
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(src), "-o", str(out), "--model", str(model_file), "--steps", "1"]) == 0
+    with Image.open(out) as im:
+        assert im.size == (52, 36) and im.mode == mode
+
+
+def test_x2(tmp_path, model_file):
+    src = png(tmp_path / "in.png", size=(20, 7))
+    assert main(["upscale", str(src), "--model", str(model_file), "--steps", "1", "--scale", "2"]) == 0
+    with Image.open(tmp_path / "in_x2.png") as im:
+        assert im.size == (40, 14)
+
+
+def test_wrong_model_file_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
+    src = png(tmp_path / "in.png")
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a model at all")
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out.png"), "--model", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.safetensors") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "model.safetensors"]
+
+
+def test_missing_input_and_lossy_output_are_refused(tmp_path, model_file):
+    with pytest.raises(SystemExit, match="input image not found"):
+        main(["upscale", str(tmp_path / "nope.png"), "--model", str(model_file)])
+    with pytest.raises(SystemExit, match="lossless"):
+        main(["upscale", str(png(tmp_path / "in.png")), "-o", str(tmp_path / "out.jpg"), "--model", str(model_file)])
+
+
+def test_convert_command(tmp_path):
+    src = write_official_pt(random_model(TINY), tmp_path / "mp_rank_00_model_states.pt")
+    assert main(["convert", str(src), str(tmp_path / "out.safetensors"), "--dtype", "fp16"]) == 0
+    assert (tmp_path / "out.safetensors").stat().st_size > 0
+
+
+def test_the_core_never_imports_comfyui():
+    code = (
+        "import sys, infdit_core, infdit_core.cli, infdit_core.train, infdit_core.evaluate;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'server', 'nodes', 'comfy_api')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in (ROOT / "infdit_core").rglob("*.py"):
+        text = path.read_text()
+        assert "import comfy" not in text and "folder_paths" not in text, path
