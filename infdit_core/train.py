@@ -199,6 +199,8 @@ def train(args) -> Path:
                 running, count, last_log = 0.0, 0, time.time()
             if step % args.save_every == 0:
                 save()
+    except KeyboardInterrupt:  # Ctrl-C: keep what was learned, resumable with --resume
+        print(f"\ninterrupted at step {step}", file=sys.stderr)
     finally:
         log.close()
     save()
