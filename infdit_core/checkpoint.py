@@ -19,29 +19,44 @@ from .config import InfDiTConfig
 CLIP_PREFIX = "image_encoder.model.visual."
 CONFIG_METADATA_KEY = "infdit_config"
 
-# Official key -> our module's key. Everything the model reads is here; the order does not matter.
-_KEY_MAP = [
-    (r"mixins\.patch_embed\.proj\.", "patch_embed."),
-    (r"time_embed\.mlp\.", "time_embed."),
-    (r"cond_embed\.map_vector\.", "vector_embed."),
-    (r"transformer\.layers\.(\d+)\.attention\.query_key_value\.", r"layers.\1.qkv."),
-    (r"transformer\.layers\.(\d+)\.attention\.dense\.", r"layers.\1.proj."),
-    (r"transformer\.layers\.(\d+)\.mlp\.dense_h_to_4h\.", r"layers.\1.mlp_in."),
-    (r"transformer\.layers\.(\d+)\.mlp\.dense_4h_to_h\.", r"layers.\1.mlp_out."),
-    (r"mixins\.adaln_layer\.adaLN_modulations\.(\d+)\.1\.", r"layers.\1.modulation."),
-    (r"mixins\.adaln_layer\.q_layer_norm\.(\d+)\.", r"layers.\1.qk_norm."),
-    (r"mixins\.adaln_layer\.re_pos_embed$", "key_group_embed"),
-    (r"mixins\.adaln_layer\.proj_lr\.", "lr_cross.proj_lr."),
-    (r"mixins\.adaln_layer\.cross_attention\.", "lr_cross."),
-    (r"mixins\.adaln_layer\.cross_q_ln\.", "lr_cross.q_norm."),
-    (r"mixins\.adaln_layer\.cross_k_ln\.", "lr_cross.k_norm."),
-    (r"mixins\.adaln_layer\.lr_query_position_embedding$", "lr_cross.query_pos"),
-    (r"mixins\.adaln_layer\.lr_key_position_embedding$", "lr_cross.key_pos"),
-    (r"mixins\.adaln_layer\.post_cross_attention_layernorm\.", "lr_cross.post_norm."),
-    (r"mixins\.final_layer\.adaLN_modulation\.1\.", "final_modulation."),
-    (r"mixins\.final_layer\.linear\.", "final_linear."),
+# Official key name <-> our module's key name ({i} = layer index; a trailing "." = a prefix, else the
+# whole name). Everything the model reads is here; both directions are built from this one table.
+_NAMES = [
+    ("mixins.patch_embed.proj.", "patch_embed."),
+    ("time_embed.mlp.", "time_embed."),
+    ("cond_embed.map_vector.", "vector_embed."),
+    ("transformer.layers.{i}.attention.query_key_value.", "layers.{i}.qkv."),
+    ("transformer.layers.{i}.attention.dense.", "layers.{i}.proj."),
+    ("transformer.layers.{i}.mlp.dense_h_to_4h.", "layers.{i}.mlp_in."),
+    ("transformer.layers.{i}.mlp.dense_4h_to_h.", "layers.{i}.mlp_out."),
+    ("mixins.adaln_layer.adaLN_modulations.{i}.1.", "layers.{i}.modulation."),
+    ("mixins.adaln_layer.q_layer_norm.{i}.", "layers.{i}.qk_norm."),
+    ("mixins.adaln_layer.re_pos_embed", "key_group_embed"),
+    ("mixins.adaln_layer.proj_lr.", "lr_cross.proj_lr."),
+    ("mixins.adaln_layer.cross_attention.", "lr_cross."),
+    ("mixins.adaln_layer.cross_q_ln.", "lr_cross.q_norm."),
+    ("mixins.adaln_layer.cross_k_ln.", "lr_cross.k_norm."),
+    ("mixins.adaln_layer.lr_query_position_embedding", "lr_cross.query_pos"),
+    ("mixins.adaln_layer.lr_key_position_embedding", "lr_cross.key_pos"),
+    ("mixins.adaln_layer.post_cross_attention_layernorm.", "lr_cross.post_norm."),
+    ("mixins.final_layer.adaLN_modulation.1.", "final_modulation."),
+    ("mixins.final_layer.linear.", "final_linear."),
 ]
-_KEY_MAP = [(re.compile("^" + pattern), repl) for pattern, repl in _KEY_MAP]
+
+
+def _rename_rules(source: int) -> list[tuple[re.Pattern, str]]:
+    """Regex rules from column `source` of _NAMES to the other column, most specific first
+    (so "lr_cross.proj_lr." is tried before "lr_cross.")."""
+    rules = []
+    for pair in _NAMES:
+        src, dst = pair[source], pair[1 - source]
+        pattern = re.escape(src).replace(r"\{i\}", r"(\d+)") + ("" if src.endswith(".") else "$")
+        rules.append((re.compile("^" + pattern), dst.replace("{i}", r"\1")))
+    return sorted(rules, key=lambda rule: -len(rule[0].pattern))
+
+
+_KEY_MAP = _rename_rules(0)  # official -> ours
+_REVERSE = _rename_rules(1)  # ours -> official
 
 # Entries of the official file that inference never reads: the precomputed rotary table (recomputed),
 # an unused position table, the key norms the reference never applies (QUIRK), CLIP's text side.
@@ -312,28 +327,6 @@ def official_state_dict(model) -> dict[str, torch.Tensor]:
     return out
 
 
-_REVERSE = [
-    (r"patch_embed\.", "mixins.patch_embed.proj."),
-    (r"time_embed\.", "time_embed.mlp."),
-    (r"vector_embed\.", "cond_embed.map_vector."),
-    (r"layers\.(\d+)\.qkv\.", r"transformer.layers.\1.attention.query_key_value."),
-    (r"layers\.(\d+)\.proj\.", r"transformer.layers.\1.attention.dense."),
-    (r"layers\.(\d+)\.mlp_in\.", r"transformer.layers.\1.mlp.dense_h_to_4h."),
-    (r"layers\.(\d+)\.mlp_out\.", r"transformer.layers.\1.mlp.dense_4h_to_h."),
-    (r"layers\.(\d+)\.modulation\.", r"mixins.adaln_layer.adaLN_modulations.\1.1."),
-    (r"layers\.(\d+)\.qk_norm\.", r"mixins.adaln_layer.q_layer_norm.\1."),
-    (r"key_group_embed$", "mixins.adaln_layer.re_pos_embed"),
-    (r"lr_cross\.proj_lr\.", "mixins.adaln_layer.proj_lr."),
-    (r"lr_cross\.q_norm\.", "mixins.adaln_layer.cross_q_ln."),
-    (r"lr_cross\.k_norm\.", "mixins.adaln_layer.cross_k_ln."),
-    (r"lr_cross\.query_pos$", "mixins.adaln_layer.lr_query_position_embedding"),
-    (r"lr_cross\.key_pos$", "mixins.adaln_layer.lr_key_position_embedding"),
-    (r"lr_cross\.post_norm\.", "mixins.adaln_layer.post_cross_attention_layernorm."),
-    (r"lr_cross\.", "mixins.adaln_layer.cross_attention."),
-    (r"final_modulation\.", "mixins.final_layer.adaLN_modulation.1."),
-    (r"final_linear\.", "mixins.final_layer.linear."),
-]
-_REVERSE = [(re.compile("^" + p), r) for p, r in _REVERSE]
 
 
 def _internal_to_official(key: str) -> str:
