@@ -29,8 +29,14 @@ class InfDiTConfig:
     residual: bool = False  # diffuse y - u instead of y: the network only adds what bicubic misses
     sigma_max: float = 40.0  # first noise level of the sampler
     sigma_min: float = 0.002
+    sigma_data: float = 0.5  # spread of what is diffused (images in [-1, 1]: 0.5; a residual: less)
 
     def __post_init__(self):
+        if not (0 < self.sigma_min < self.sigma_max) or not self.sigma_data > 0:
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max and sigma_data > 0, got sigma_min {self.sigma_min}, "
+                f"sigma_max {self.sigma_max}, sigma_data {self.sigma_data}"
+            )
         if self.hidden % self.heads:
             raise ValueError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
         if self.head_dim % 4:

@@ -151,7 +151,7 @@ class InfDiT(nn.Module):
     # --- per-evaluation conditioning -------------------------------------------------------------
     def condition(self, sigma: torch.Tensor, vector: torch.Tensor | None) -> Conditioning:
         """sigma (B,) float32, vector (B, vector_dim) or None -> shared modulations."""
-        s = edm_scalings(sigma.float())
+        s = edm_scalings(sigma.float(), self.config.sigma_data)
         emb = self.time_embed(noise_features(s.c_noise).to(self.dtype))
         if self.vector_embed is not None:
             if vector is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import math
 import sys
 import time
@@ -37,14 +38,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="start from these weights (e.g. the released checkpoint, for fine-tuning)")
     p.add_argument("--clip", help="open_clip ViT-L-14 weights for models with a CLIP vector that lack them")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    g = p.add_argument_group("model (ignored with --init or --resume)")
+    g = p.add_argument_group("model (ignored with --resume; with --init only the sampler/sigma options apply)")
     g.add_argument("--layers", type=int, default=6)
     g.add_argument("--hidden", type=int, default=192)
     g.add_argument("--heads", type=int, default=3)
     g.add_argument("--vector-dim", type=int, default=0, help="CLIP vector size (0 = no CLIP)")
     g.add_argument("--lr-input-unscaled", action="store_true", help="feed the upsampled LR without c_in (demo models)")
     g.add_argument("--residual", action="store_true", help="diffuse the residual y - u (demo models)")
-    g.add_argument("--sampler-sigma-max", type=float, default=40.0, help="first sampling noise level stored with the model")
+    g.add_argument("--sampler-sigma-max", type=float, default=None, help="first sampling noise level stored with the model (default 40)")
+    g.add_argument(
+        "--sigma-data", type=float, default=None,
+        help="spread of what the model diffuses, for the EDM scalings (default 0.5; about 0.12 for --residual)",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=100_000, help="stop after this many steps")
     t.add_argument("--minutes", type=float, default=None, help="stop after this much training time (counts across resumes)")
@@ -67,16 +72,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--autocast", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 on CUDA, none on CPU")
 
 
+def noise_options(args) -> dict:
+    """The noise-level settings given on the command line (they also apply on top of --init)."""
+    given = {"sigma_max": args.sampler_sigma_max, "sigma_data": args.sigma_data}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def build_model(args) -> InfDiT:
     if args.init:
         model = load_inf_dit(args.init, clip_path=args.clip).float().requires_grad_(True)
+        model.config = dataclasses.replace(model.config, **noise_options(args))
         model.train()
         if model.clip is not None:
             model.clip.requires_grad_(False).eval()
         return model
     cfg = InfDiTConfig(
         layers=args.layers, hidden=args.hidden, heads=args.heads, vector_dim=args.vector_dim,
-        lr_input_scaled=not args.lr_input_unscaled, residual=args.residual, sigma_max=args.sampler_sigma_max,
+        lr_input_scaled=not args.lr_input_unscaled, residual=args.residual, **noise_options(args),
     )
     model = InfDiT(cfg)
     model.initialize_weights()
@@ -107,7 +119,7 @@ def edm_loss(model, y, u, l, gen: torch.Generator, p_mean: float, p_std: float, 
     with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=autocast):
         denoised = model(y + noise, sigma, u, l, vector)
     per_sample = ((denoised.float() - y) ** 2).mean(dim=(1, 2, 3))
-    return (edm_loss_weight(sigma) * per_sample).mean()
+    return (edm_loss_weight(sigma, model.config.sigma_data) * per_sample).mean()
 
 
 def train(args) -> Path:

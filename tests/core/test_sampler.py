@@ -1,10 +1,14 @@
 """EDM preconditioning, the Karras noise levels and the Heun loop against hand-written versions."""
+import dataclasses
+
 import pytest
 import torch
 
 from infdit_core import SamplingCancelled, evaluations_for, get_sigmas_karras
 from infdit_core.precond import edm_loss_weight, edm_scalings
 from infdit_core.sampler import EvaluationDone, sample_heun
+
+from conftest import TINY, random_model
 
 
 @pytest.mark.parametrize("sigma", [0.002, 0.1, 0.5, 1.0, 7.3, 40.0])
@@ -17,6 +21,40 @@ def test_edm_scalings(sigma):
     assert edm_loss_weight(torch.tensor(sigma, dtype=torch.float64)).item() == pytest.approx(
         (sigma**2 + 0.25) / (0.5 * sigma) ** 2
     )
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 0.125])
+def test_edm_scalings_follow_sigma_data(sigma_data):
+    sigma = torch.tensor([0.3], dtype=torch.float64)
+    s, sd2 = edm_scalings(sigma, sigma_data), sigma_data**2
+    assert s.c_skip.item() == pytest.approx(sd2 / (0.09 + sd2))
+    assert s.c_out.item() == pytest.approx(0.3 * sigma_data / (0.09 + sd2) ** 0.5)
+    assert s.c_in.item() == pytest.approx(1 / (0.09 + sd2) ** 0.5)
+    assert edm_loss_weight(sigma, sigma_data).item() == pytest.approx((0.09 + sd2) / (0.3 * sigma_data) ** 2)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_the_model_uses_its_configs_sigma_data(residual):
+    """With the output layer zeroed the network adds nothing: D = c_skip(sigma_data) * x (+ u for a
+    residual model), which shows which sigma_data the forward pass used."""
+    cfg = dataclasses.replace(TINY, sigma_data=0.125, residual=residual)
+    model = random_model(cfg)
+    with torch.no_grad():
+        model.final_linear.weight.zero_()
+        model.final_linear.bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    x, u = torch.randn(1, 3, 128, 128, generator=g), torch.randn(1, 3, 128, 128, generator=g)
+    lr = torch.randn(1, 3, 32, 32, generator=g)
+    c_skip = 0.125**2 / (0.3**2 + 0.125**2)
+    expected = u + c_skip * (x - u) if residual else c_skip * x
+    with torch.no_grad():
+        assert torch.allclose(model(x, 0.3, u, lr), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"sigma_data": 0.0}, {"sigma_max": 0.001}, {"sigma_min": -1.0}])
+def test_noise_settings_are_checked(bad):
+    with pytest.raises(ValueError, match="sigma"):
+        dataclasses.replace(TINY, **bad)
 
 
 def test_karras_sigmas_of_the_release():

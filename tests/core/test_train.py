@@ -1,4 +1,6 @@
 """Training: a few steps lower the loss on a fixed batch, and a resumed run equals an uninterrupted one."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -72,9 +74,50 @@ def test_resume_is_exact(tmp_path, image_folder):
 
 def test_the_saved_model_carries_its_config(tmp_path, image_folder):
     out = tmp_path / "cfg"
-    train(train_args(out, image_folder, "--steps", "1", "--residual", "--lr-input-unscaled", "--sampler-sigma-max", "0.5"))
+    train(train_args(
+        out, image_folder, "--steps", "1", "--residual", "--lr-input-unscaled", "--sampler-sigma-max", "0.5",
+        "--sigma-data", "0.125",
+    ))
     cfg = load_inf_dit(out / "model.safetensors").config
-    assert cfg.residual and not cfg.lr_input_scaled and cfg.sigma_max == 0.5 and cfg.vector_dim == 0
+    assert cfg.residual and not cfg.lr_input_scaled and cfg.vector_dim == 0
+    assert cfg.sigma_max == 0.5 and cfg.sigma_data == 0.125
+
+
+def test_init_keeps_the_weights_and_takes_new_noise_settings(tmp_path, image_folder):
+    first = tmp_path / "first"
+    train(train_args(first, image_folder, "--steps", "1", "--residual", "--hidden", "48"))
+    tuned = tmp_path / "tuned"
+    train(train_args(
+        tuned, image_folder, "--steps", "0", "--init", str(first / "model.safetensors"),
+        "--sigma-data", "0.2", "--sampler-sigma-max", "2",
+    ))
+    before, after = load_inf_dit(first / "model.safetensors"), load_inf_dit(tuned / "model.safetensors")
+    assert after.config == dataclasses.replace(before.config, sigma_data=0.2, sigma_max=2.0)
+    assert after.config.hidden == 48 and after.config.residual  # the architecture comes from the file
+    a, b = before.state_dict(), after.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_loss_weight_follows_the_models_sigma_data(tmp_path, image_folder):
+    """Same weights, same batch, same noise: only sigma_data differs, and so does the weighted loss."""
+    from infdit_core.data import CropSampler, folder_image_paths, load_rgb
+    from infdit_core.precond import edm_loss_weight
+    from infdit_core.train import training_batch
+
+    out = tmp_path / "m"
+    train(train_args(out, image_folder, "--steps", "0", "--residual"))
+    model = load_inf_dit(out / "model.safetensors")
+    sampler = CropSampler([load_rgb(p) for p in folder_image_paths(image_folder)], 256)
+    y, u, l = training_batch(sampler, train_args("unused", image_folder), torch.Generator().manual_seed(1), "cpu")
+    for sigma_data in (0.5, 0.125):
+        model.config = dataclasses.replace(model.config, sigma_data=sigma_data)
+        with torch.no_grad():
+            loss = edm_loss(model, y, u, l, torch.Generator().manual_seed(5), -1.0, 1.4, False).item()
+            g = torch.Generator().manual_seed(5)
+            sigma = torch.exp(torch.randn(2, generator=g) * 1.4 - 1.0)
+            noise = torch.randn(y.shape, generator=g) * sigma.view(-1, 1, 1, 1)
+            per_sample = ((model(y + noise, sigma, u, l) - y) ** 2).mean(dim=(1, 2, 3))
+        assert loss == pytest.approx((edm_loss_weight(sigma, sigma_data) * per_sample).mean().item(), rel=1e-5)
 
 
 def test_crop_must_cover_two_blocks(tmp_path, image_folder):
