@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="Inf-DiT checkpoint (.pt or .safetensors); default: the bundled demo model")
     p.add_argument("--clip", help="open_clip ViT-L-14 weights, if the checkpoint lacks them")
     p.add_argument("--scale", type=int, choices=(2, 4), default=4)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own; 20 for the released model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block-batch", default="auto", help="blocks per forward: 'auto' or an integer")
     p.add_argument("--scan", choices=("auto", "rows", "columns"), default="auto")

@@ -28,10 +28,13 @@ class InfDiTConfig:
     lr_input_scaled: bool = True  # QUIRK of the release: c_in multiplies the upsampled LR too
     residual: bool = False  # diffuse y - u instead of y: the network only adds what bicubic misses
     sigma_max: float = 40.0  # first noise level of the sampler
+    sampler_steps: int = 20  # Heun steps used when the caller does not choose
     sigma_min: float = 0.002
     sigma_data: float = 0.5  # spread of what is diffused (images in [-1, 1]: 0.5; a residual: less)
 
     def __post_init__(self):
+        if not isinstance(self.sampler_steps, int) or self.sampler_steps < 1:
+            raise ValueError(f"sampler_steps must be an integer >= 1, got {self.sampler_steps!r}")
         if not (0 < self.sigma_min < self.sigma_max) or not self.sigma_data > 0:
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max and sigma_data > 0, got sigma_min {self.sigma_min}, "

@@ -124,7 +124,7 @@ def evaluate(args) -> int:
         print(f"no --model given: evaluating the bundled demo model {DEMO_MODEL_PATH.name}", file=sys.stderr)
     model = load_inf_dit(model_path)
     images = held_out_images(args.images, args.crop)
-    steps = args.steps or 20
+    steps = model.config.sampler_steps if args.steps is None else args.steps
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     rows = evaluate_model(model, images, steps, args.seed, args.save, log)
     print(f"x4 from antialiased-bicubic /4, {len(images)} held-out images, model {Path(model_path).name}, {steps} steps, seed {args.seed}")

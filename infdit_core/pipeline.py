@@ -61,7 +61,7 @@ def sample(
     model,
     lr: torch.Tensor,
     scale: int = 4,
-    steps: int = 20,
+    steps: int | None = None,
     seed: int = 0,
     noise: torch.Tensor | None = None,
     block_batch=None,
@@ -70,9 +70,12 @@ def sample(
     offload_frontier: bool = False,
     memory_budget: int | None = None,
 ) -> torch.Tensor:
-    """Upscale lr (B, 3, h, w) in [-1, 1] by `scale`; returns (B, 3, scale*h, scale*w) in [-1, 1]."""
-    _check_inputs(model, lr, scale, steps, noise)
+    """Upscale lr (B, 3, h, w) in [-1, 1] by `scale`; returns (B, 3, scale*h, scale*w) in [-1, 1].
+
+    steps None = the model's own (`config.sampler_steps`: 20 for the released model)."""
     cfg = model.config
+    steps = cfg.sampler_steps if steps is None else steps
+    _check_inputs(model, lr, scale, steps, noise)
     device, bs = model.device, cfg.block_size
     b, _, h, w = lr.shape
     lr = lr.to(device=device, dtype=torch.float32)
@@ -117,7 +120,7 @@ def _resolve_block_batch(model, block_batch, out_h, out_w, batch, scan, offload,
     return block_batch
 
 
-def upscale_image(model, image: torch.Tensor, scale: int = 4, steps: int = 20, seed: int = 0, **kwargs) -> torch.Tensor:
+def upscale_image(model, image: torch.Tensor, scale: int = 4, steps: int | None = None, seed: int = 0, **kwargs) -> torch.Tensor:
     """(B, H, W, C) in [0, 1], C = 1..4 -> (B, scale*H, scale*W, C) in [0, 1].
 
     Grayscale is replicated to RGB and averaged back; alpha is upscaled bicubically and reattached.

@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-input-unscaled", action="store_true", help="feed the upsampled LR without c_in (demo models)")
     g.add_argument("--residual", action="store_true", help="diffuse the residual y - u (demo models)")
     g.add_argument("--sampler-sigma-max", type=float, default=None, help="first sampling noise level stored with the model (default 40)")
+    g.add_argument("--sampler-steps", type=int, default=None, help="sampler steps stored with the model (default 20)")
     g.add_argument(
         "--sigma-data", type=float, default=None,
         help="spread of what the model diffuses, for the EDM scalings (default 0.5; about 0.12 for --residual)",
@@ -74,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def noise_options(args) -> dict:
     """The noise-level settings given on the command line (they also apply on top of --init)."""
-    given = {"sigma_max": args.sampler_sigma_max, "sigma_data": args.sigma_data}
+    given = {"sigma_max": args.sampler_sigma_max, "sampler_steps": args.sampler_steps, "sigma_data": args.sigma_data}
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -57,7 +57,7 @@ def _oom_message(handle, h, w, scale, n, offload, device) -> str:
             f"{hint}.")
 
 
-def upscale(model, image, scale: str = "4", steps: int = 20, seed: int = 0, block_control=None, node_id=None) -> NodeResult:
+def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block_control=None, node_id=None) -> NodeResult:
     handle, settings = model, block_control or BlockSettings()
     scale = int(str(scale).rstrip("x"))
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[0] < 1 or not 1 <= image.shape[-1] <= 4:
@@ -65,6 +65,7 @@ def upscale(model, image, scale: str = "4", steps: int = 20, seed: int = 0, bloc
         raise ValueError(f"Inf-DiT Upscale needs an IMAGE batch (B, H, W, 1..4 channels), got {shape}")
     b, h, w, _ = image.shape
     cfg, bs = handle.config, handle.config.block_size
+    steps = steps or cfg.sampler_steps  # 0 = the model's own
     rows, cols = block_grid(h, w, scale, bs)
     out_h, out_w = rows * bs, cols * bs  # padded to whole blocks, as the sampler does
     device = comfy.torch_device()
@@ -138,8 +139,8 @@ def spec() -> NodeSpec:
                   "Batches run one image after another; image i uses seed + i."),
             Input("scale", "combo", "Upscaling factor. The output is exactly scale x the input size.", default="4",
                   options=("4", "2")),
-            Input("steps", "int", "Sampler steps (Heun; 2 x steps - 1 network passes). The release used 20.",
-                  default=20, min=1, max=200, step=1),
+            Input("steps", "int", "Sampler steps (Heun; 2 x steps - 1 network passes). 0 = the model's own: 20 for the "
+                  "released model, what the bundled demo model was tuned for.", default=0, min=0, max=200, step=1),
             Input("seed", "int", "Noise seed. The same seed, settings and image give the same result on any device.",
                   default=0, min=0, max=SEED_MAX, control_after_generate=True),
             Input("block_control", "INF_DIT_BLOCKS", "Optional Block Size Control. Without it: auto block batch for "

@@ -1,9 +1,12 @@
 """Images in, images out: any size, batch and channel count; seeds; clear errors for bad input."""
+import dataclasses
+
 import pytest
 import torch
 
 from conftest import TINY, lr_image, random_model
-from infdit_core import block_grid, sample, upscale_image
+from infdit_core import InfDiTConfig, block_grid, sample, upscale_image
+from infdit_core.sampler import EvaluationDone
 from infdit_core.pipeline import pad_to_multiple, upsample
 
 
@@ -57,6 +60,16 @@ def test_upscale_image_keeps_channels_and_range(model, channels):
         alpha = image[..., -1:].movedim(-1, 1)
         expected = upsample(alpha, (36, 52)).clamp(0, 1).movedim(1, -1)
         assert torch.allclose(out[..., -1:], expected, atol=1e-6)
+
+
+def test_without_steps_the_model_samples_with_its_own_number(model):
+    """steps=None takes config.sampler_steps (20 for the released model; a demo model stores its own)."""
+    tuned = random_model(dataclasses.replace(TINY, sampler_steps=3), seed=7)
+    seen = []
+    sample(tuned, lr_image(8, 8), callback=lambda e: seen.append(e.evaluations) if isinstance(e, EvaluationDone) else None)
+    assert seen == [5] * 5  # 3 Heun steps = 5 network passes
+    assert torch.equal(sample(tuned, lr_image(8, 8)), sample(tuned, lr_image(8, 8), steps=3))
+    assert InfDiTConfig().sampler_steps == 20
 
 
 def test_padding_reflects_and_replicates_when_too_small():

@@ -51,9 +51,9 @@ def test_the_model_uses_its_configs_sigma_data(residual):
         assert torch.allclose(model(x, 0.3, u, lr), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [{"sigma_data": 0.0}, {"sigma_max": 0.001}, {"sigma_min": -1.0}])
+@pytest.mark.parametrize("bad", [{"sigma_data": 0.0}, {"sigma_max": 0.001}, {"sigma_min": -1.0}, {"sampler_steps": 0}])
 def test_noise_settings_are_checked(bad):
-    with pytest.raises(ValueError, match="sigma"):
+    with pytest.raises(ValueError, match="sigma|steps"):
         dataclasses.replace(TINY, **bad)
 
 

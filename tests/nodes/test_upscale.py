@@ -1,5 +1,7 @@
 """Inf-DiT Upscale end to end on a tiny model: exact sizes, batches, RGBA, seeds, progress, Cancel, and
 the out-of-memory fallback."""
+import dataclasses
+
 import pytest
 import torch
 from node_fixtures import folders, model_dir, tiny_handle  # noqa: F401 (fixtures)
@@ -67,6 +69,16 @@ def test_progress_and_block_messages_advance_per_group(tiny_handle, monkeypatch)
     assert event == "inf_dit.blocks"
     assert first["grid"] == [2, 1] and first["done"] == [[0, 0]] and first["running"] == [[1, 0]]
     assert messages[1][1]["done"] == [[0, 0], [1, 0]] and messages[1][1]["running"] == []
+
+
+def test_steps_0_samples_with_the_models_own_number(tiny_handle, monkeypatch):
+    updates = []
+    monkeypatch.setattr(comfy_adapter.Progress, "update", lambda self, v, t, preview=None: updates.append((v, t)))
+    monkeypatch.setattr(tiny_handle.model, "config", dataclasses.replace(tiny_handle.config, sampler_steps=2))
+    out = run(tiny_handle, image(h=40, w=24), steps=0, control=BlockSettings(block_batch=1, scan="rows"))
+    assert updates[-1] == (6, 6)  # 2 steps = 3 network passes of 2 groups
+    same = run(tiny_handle, image(h=40, w=24), steps=2, control=BlockSettings(block_batch=1, scan="rows"))
+    assert torch.equal(out.outputs[0], same.outputs[0])
 
 
 def test_cancel_stops_within_one_group_and_frees_memory(tiny_handle, monkeypatch):
