@@ -139,8 +139,9 @@ def spec() -> NodeSpec:
                   "Batches run one image after another; image i uses seed + i."),
             Input("scale", "combo", "Upscaling factor. The output is exactly scale x the input size.", default="4",
                   options=("4", "2")),
-            Input("steps", "int", "Sampler steps (Heun; 2 x steps - 1 network passes). 0 = the model's own: 20 for the "
-                  "released model, 1 for the bundled demo model (its 2-3 step results are broken).", default=0, min=0, max=200, step=1),
+            Input("steps", "int", "Sampler steps (Heun; 2 x steps - 1 network passes). 0 = the model's own: 20 for "
+                  "the released model, 1 for the bundled demo model (its 2-3 step results are broken).",
+                  default=0, min=0, max=200, step=1),
             Input("seed", "int", "Noise seed. The same seed, settings and image give the same result on any device.",
                   default=0, min=0, max=SEED_MAX, control_after_generate=True),
             Input("block_control", "INF_DIT_BLOCKS", "Optional Block Size Control. Without it: auto block batch for "
