@@ -327,8 +327,6 @@ def official_state_dict(model) -> dict[str, torch.Tensor]:
     return out
 
 
-
-
 def _internal_to_official(key: str) -> str:
     for pattern, repl in _REVERSE:
         if pattern.match(key):

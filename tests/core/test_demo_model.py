@@ -1,4 +1,5 @@
 """The bundled demo model: it is there, small, loads strictly, and upscales."""
+import pytest
 import torch
 
 from infdit_core import DEMO_MODEL_PATH, load_inf_dit, upscale_image
@@ -19,8 +20,6 @@ def test_demo_model_loads_strictly_and_upscales():
 def test_demo_model_beats_bicubic_on_a_held_out_crop():
     """What the README claims, on one 256 px crop it never trained on: with its own sampler settings
     the demo model's PSNR is above bicubic's and its output carries more fine detail."""
-    import pytest
-
     pytest.importorskip("skimage", reason="the held-out photos come from scikit-image")
     from infdit_core.data import downscale
     from infdit_core.evaluate import held_out_images, psnr, sharpness
