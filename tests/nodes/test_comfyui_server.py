@@ -88,13 +88,13 @@ def test_nodes_are_registered(server):
 
 def test_templates_and_web_extension_are_served(server):
     templates = http(server + "/workflow_templates")[PACK_NAME]
-    assert sorted(templates) == sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+    assert sorted(templates) == sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
     assert any("inf_dit" in e for e in http(server + "/extensions"))
     assert http(server + "/inf_dit/estimate?block_batch=1&width=1024&height=1024")["block_batch"] == 1
 
 
 def test_shipped_workflow_runs_and_returns_the_image(server):
-    workflow = json.loads((REPO / "example_workflows" / "load_image_infdit_x4.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "load_image_infdit_x4.json").read_text())
     prompt = to_api(workflow, definitions(http(server + "/object_info")))
     for node in prompt.values():
         if node["class_type"] == "LoadImage":

@@ -6,7 +6,7 @@ import pytest
 
 from workflow_tools import definitions, to_api
 
-FOLDER = Path(__file__).resolve().parents[2] / "example_workflows"  # the name ComfyUI's template browser scans first
+FOLDER = Path(__file__).resolve().parents[2] / "workflows"  # the design card's folder; ComfyUI serves it as templates
 WORKFLOWS = sorted(FOLDER.glob("*.json"))
 
 
