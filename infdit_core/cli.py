@@ -13,6 +13,7 @@ from PIL import Image
 
 from .checkpoint import DTYPES, CheckpointError
 from .loader import DEMO_MODEL_PATH
+from .plan import output_size
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -64,7 +65,11 @@ def cmd_upscale(args) -> int:
         print(f"no --model given: using the bundled demo model {DEMO_MODEL_PATH.name} (small, for trying things out; "
               "pass --model for the released Inf-DiT weights)", file=sys.stderr)
     image = read_image(Path(args.input))
-    out = Path(args.output) if args.output else Path(args.input).with_name(Path(args.input).stem + f"_x{args.scale}.png")
+    h, w = image.shape[1:3]
+    wanted = _wanted_size(args)
+    out_h, out_w = output_size(h, w, **wanted)  # a size out of reach fails here, before loading the model
+    suffix = f"_x{wanted['scale']:g}" if "scale" in wanted else f"_{out_w}x{out_h}"
+    out = Path(args.output) if args.output else Path(args.input).with_name(Path(args.input).stem + suffix + ".png")
     if out.suffix.lower() not in (".png", ".tif", ".tiff", ".webp", ".bmp"):
         raise SystemExit(f"output {out} must be a lossless format: .png, .tif, .webp or .bmp")
     if not out.parent.is_dir():
@@ -75,20 +80,35 @@ def cmd_upscale(args) -> int:
 
     def progress(event):
         if isinstance(event, EvaluationDone):
-            print(f"\revaluation {event.evaluation + 1}/{event.evaluations} (sigma {event.sigma:.3f}) "
+            stage = f"pass {event.pass_index + 1}/{event.passes} " if event.passes > 1 else ""
+            print(f"\r{stage}evaluation {event.evaluation + 1}/{event.evaluations} (sigma {event.sigma:.3f}) "
                   f"{time.time() - t0:.0f}s", end="", file=sys.stderr, flush=True)
         elif isinstance(event, BlockGroupDone) and args.verbose:
             print(f"  group {event.group + 1}/{event.groups} blocks {event.blocks}", file=sys.stderr)
 
     result = upscale_image(
-        model, image, scale=args.scale, steps=args.steps, seed=args.seed, block_batch=block_batch,
+        model, image, **wanted, steps=args.steps, seed=args.seed, block_batch=block_batch,
         scan=args.scan, offload_frontier=args.offload_frontier, callback=progress,
     )
     print(file=sys.stderr)
     save_png(result[0], out)
-    h, w = image.shape[1:3]
     print(f"wrote {out} ({w}x{h} -> {result.shape[2]}x{result.shape[1]}) in {time.time() - t0:.1f}s", file=sys.stderr)
     return 0
+
+
+def _wanted_size(args) -> dict:
+    """--scale / --size WxH / --long-side / --megapixels as keywords of output_size (default: scale 4)."""
+    if args.size is not None:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--size must be WIDTHxHEIGHT in pixels, e.g. 1920x1080, got {args.size!r}") from None
+        return {"size": (h, w)}
+    if args.long_side is not None:
+        return {"long_side": args.long_side}
+    if args.megapixels is not None:
+        return {"megapixels": args.megapixels}
+    return {"scale": 4 if args.scale is None else args.scale}
 
 
 def cmd_convert(args) -> int:
@@ -134,10 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("upscale", help="upscale an image file")
     p.add_argument("input")
-    p.add_argument("-o", "--output", help="output image (default: INPUT_x4.png)")
+    p.add_argument("-o", "--output", help="output image (default: INPUT_x4.png, INPUT_WxH.png for a target size)")
     p.add_argument("--model", help="Inf-DiT checkpoint (.pt or .safetensors); default: the bundled demo model")
     p.add_argument("--clip", help="open_clip ViT-L-14 weights, if the checkpoint lacks them")
-    p.add_argument("--scale", type=int, choices=(2, 4), default=4)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, default=None,
+                      help="any factor from 1 to 16 (default 4): x2/x4 passes, then an antialiased resize to the exact size")
+    size.add_argument("--size", help="output size WIDTHxHEIGHT (each side at least the input's, at most 16x)")
+    size.add_argument("--long-side", type=int, help="output long side in pixels, keeping the aspect ratio")
+    size.add_argument("--megapixels", type=float, help="output megapixels (of 1024x1024 pixels), keeping the aspect ratio")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own; 20 for the released model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block-batch", default="auto", help="blocks per forward: 'auto' or an integer")

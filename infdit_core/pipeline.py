@@ -1,12 +1,15 @@
 """Image in, image out: padding to whole blocks, the upsampled LR, CLIP, noise, Heun, cropping."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from .clip import clip_vector
 from .denoiser import BlockwiseDenoiser
 from .memory import choose_block_batch, default_budget, dit_parameters
+from .plan import model_budget, plan_run
 from .sampler import get_sigmas_karras, sample_heun
 from .scheduler import plan_blocks
 
@@ -120,20 +123,72 @@ def _resolve_block_batch(model, block_batch, out_h, out_w, batch, scan, offload,
     return block_batch
 
 
-def upscale_image(model, image: torch.Tensor, scale: int = 4, steps: int | None = None, seed: int = 0, **kwargs) -> torch.Tensor:
-    """(B, H, W, C) in [0, 1], C = 1..4 -> (B, scale*H, scale*W, C) in [0, 1].
+def run_plan(model, lr: torch.Tensor, plan, steps: int | None = None, seed: int = 0, callback=None, **kwargs) -> torch.Tensor:
+    """Run a `RunPlan` (see plan.py): lr (B, 3, h, w) in [-1, 1] -> (B, 3, *plan.out_size) in [-1, 1].
 
+    Each native pass is one `sample` call on the previous pass's float output (clamped to [-1, 1],
+    never quantised); pass k uses seed + k. Events carry `pass_index` and `passes`. A last
+    antialiased bicubic resize gives the exact size when the passes overshoot it."""
+    if tuple(lr.shape[-2:]) != tuple(plan.in_size):
+        raise ValueError(f"the plan is for a {plan.in_size[1]}x{plan.in_size[0]} input, got {lr.shape[-1]}x{lr.shape[-2]}")
+    if kwargs.get("noise") is not None and len(plan.passes) > 1:
+        raise ValueError("noise can only be given for a single-pass run (scale 2 or 4)")
+    x = lr
+    for k, p in enumerate(plan.passes):
+        x = sample(
+            model, x, scale=p.scale, steps=steps, seed=seed + k, block_batch=p.block_batch, scan=plan.scan,
+            offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)), **kwargs,
+        )
+        if k + 1 < len(plan.passes):
+            x = x.clamp(-1, 1)  # the next pass reads an image; its LR must stay in range
+    if plan.resize:
+        x = upsample(x.float(), plan.out_size).clamp(-1, 1)
+    return x
+
+
+def _pass_callback(callback, index: int, passes: int):
+    if callback is None or passes == 1:
+        return callback
+    return lambda event: callback(dataclasses.replace(event, pass_index=index, passes=passes))
+
+
+def plan_for(model, height: int, width: int, batch: int = 1, scale=None, size=None, long_side=None, megapixels=None,
+             block_batch=None, memory_budget=None, offload_frontier=False, scan="auto"):
+    """The RunPlan `upscale_image` follows for this model and input size ("auto" budget: free memory)."""
+    block_batch = "auto" if block_batch is None else block_batch
+    budget = memory_budget
+    if block_batch == "auto" and budget is None:
+        budget = model_budget(model)
+    return plan_run(
+        model.config, height, width, scale=scale, size=size, long_side=long_side, megapixels=megapixels,
+        block_batch=block_batch, budget=budget, dtype=model.dtype, offload_frontier=offload_frontier, scan=scan,
+        include_clip=model.clip is not None, batch=batch,
+    )
+
+
+def upscale_image(model, image: torch.Tensor, scale=None, steps: int | None = None, seed: int = 0, *, size=None,
+                  long_side=None, megapixels=None, plan=None, block_batch=None, memory_budget=None,
+                  offload_frontier: bool = False, scan: str = "auto", **kwargs) -> torch.Tensor:
+    """(B, H, W, C) in [0, 1], C = 1..4 -> (B, H', W', C) in [0, 1].
+
+    The output size is `scale` x the input (any factor 1..16; default 4), or `size` = (height, width), or a
+    `long_side` / `megapixels` keeping the aspect ratio; or `plan`, a RunPlan made for this input.
     Grayscale is replicated to RGB and averaged back; alpha is upscaled bicubically and reattached.
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or not 1 <= image.shape[-1] <= 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"image must be (B, H, W, C) with 1 to 4 channels in [0, 1], got {shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1 or image.shape[2] < 1:
+        raise ValueError(f"image is empty: shape {tuple(image.shape)}")
+    if plan is None:
+        plan = plan_for(model, image.shape[1], image.shape[2], image.shape[0], scale, size, long_side, megapixels,
+                        block_batch, memory_budget, offload_frontier, scan)
     channels = image.shape[-1]
     x = image.float().movedim(-1, 1)  # (B, C, H, W)
     color_channels = 1 if channels <= 2 else 3
     color, alpha = x[:, :color_channels], x[:, color_channels:]
     rgb = color.expand(-1, 3, -1, -1) if color_channels == 1 else color
-    out = sample(model, rgb * 2 - 1, scale=scale, steps=steps, seed=seed, **kwargs)
+    out = run_plan(model, rgb * 2 - 1, plan, steps=steps, seed=seed, **kwargs)
     out = ((out.float() + 1) / 2).clamp(0, 1).cpu()
     if color_channels == 1:
         out = out.mean(1, keepdim=True)

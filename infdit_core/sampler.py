@@ -21,6 +21,8 @@ class EvaluationDone:
     step: int  # 0-based sampler step
     steps: int
     sigma: float
+    pass_index: int = 0  # 0-based native pass (x4, x2) of a multi-pass run
+    passes: int = 1
 
 
 @dataclass
@@ -35,6 +37,8 @@ class BlockGroupDone:
     blocks: list  # [(row, col)] of the block grid
     grid: tuple  # (rows, cols)
     pixels: torch.Tensor  # (B, 3, len(blocks), block, block): denoised estimate in [-1, 1]
+    pass_index: int = 0  # 0-based native pass (x4, x2) of a multi-pass run
+    passes: int = 1
 
 
 def get_sigmas_karras(n: int, sigma_min: float = 0.002, sigma_max: float = 40.0, rho: float = 7.0) -> torch.Tensor:

@@ -222,6 +222,8 @@ def v3_node(spec_factory):
             return io.Float.Input(item.name, default=item.default, min=item.min, max=item.max, step=item.step, **common)
         if item.kind == "boolean":
             return io.Boolean.Input(item.name, default=item.default, **common)
+        if item.kind == "string":
+            return io.String.Input(item.name, default=item.default, **common)
         if item.kind == "image":
             return io.Image.Input(item.name, **common)
         return io.Custom(item.kind).Input(item.name, **common)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 @dataclass(frozen=True)
 class Input:
     name: str
-    kind: str  # "combo" | "int" | "float" | "boolean" | "image" | a custom wire type such as "INF_DIT"
+    kind: str  # "combo" | "int" | "float" | "boolean" | "string" | "image" | a custom wire type such as "INF_DIT"
     tooltip: str
     default: Any = None
     options: tuple = ()  # combo only
@@ -26,7 +26,7 @@ class Input:
     @property
     def is_widget(self) -> bool:
         """Widgets hold a value in the node; the other kinds are sockets wired from another node."""
-        return self.kind in ("combo", "int", "float", "boolean")
+        return self.kind in ("combo", "int", "float", "boolean", "string")
 
 
 @dataclass(frozen=True)

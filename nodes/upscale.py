@@ -8,12 +8,14 @@ import torch
 
 from . import comfy_adapter as comfy
 from .block_size import GIB, BlockSettings
-from .core import BlockGroupDone, EvaluationDone, block_grid, choose_block_batch, estimate_peak_bytes, evaluations_for, plan_blocks, upscale_image
+from .core import BlockGroupDone, evaluations_for, fallback, parse_target, plan_blocks, plan_run, smallest_fitting, upscale_image
 from .progress import EVENT, BlockTracker
 from .spec import Input, NodeResult, NodeSpec, Output
 
 log = logging.getLogger("inf_dit")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+# "4" and "2" first and unchanged: saved workflows hold these strings.
+SCALE_OPTIONS = ("4", "2", "8", "16", "1", "1.5", "3", "6")
 
 
 class InfDiTOutOfMemory(RuntimeError):
@@ -33,97 +35,105 @@ def _budget(handle, device, settings: BlockSettings) -> int:
     return max(free - max(free // 10, 512 * 1024**2), 0) + weights
 
 
-def _fallback(n: int, offload: bool):
-    """The one retry after an out-of-memory: half the blocks per pass, or offload the frontier at 1."""
-    if n > 1:
-        return n // 2, offload
-    if not offload:
-        return 1, True
-    return None
+def _factor(scale) -> float:
+    """The scale widget's value: saved workflows hold the strings "4" and "2" (and may say "4x")."""
+    try:
+        return float(str(scale).strip().rstrip("x"))
+    except ValueError:
+        raise ValueError(f"scale must be a number from 1 to 16, got {scale!r}") from None
 
 
-def _oom_message(handle, h, w, scale, n, offload, device) -> str:
+def _oom_message(handle, plan, device) -> str:
     cfg, dtype, clip = handle.config, handle.model.dtype, handle.model.clip is not None
-    out_h, out_w = h * scale, w * scale
-    smallest = estimate_peak_bytes(cfg, out_h, out_w, 1, dtype, True, 1, "auto", clip).total
+    (h, w), (out_h, out_w) = plan.in_size, plan.out_size
     free = comfy.free_memory_bytes(device)
-    fits = choose_block_batch(cfg, out_h, out_w, free, dtype, True, 1, "auto", clip)
-    tried = f"block batch {n}, frontier {'offloaded' if offload else 'on device'}"
+    fits, smallest = smallest_fitting(plan, cfg, free, dtype, clip)
+    tried = f"block batch {plan.block_batch}, frontier {'offloaded' if plan.offload_frontier else 'on device'}"
     hint = (f"a Block Size Control with block batch {fits} and frontier 'offloaded to CPU' should fit"
             if smallest <= free else
             f"even block batch 1 with the frontier offloaded needs about {_gib(smallest)}; use weight_dtype bf16 or "
-            f"fp16 in Load Inf-DiT, scale 2, or a smaller input image")
+            f"fp16 in Load Inf-DiT, a smaller scale, or a smaller input image")
     return (f"Inf-DiT ran out of memory upscaling {w}x{h} -> {out_w}x{out_h} ({tried}; {_gib(free)} free on {device}): "
             f"{hint}.")
 
 
-def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block_control=None, node_id=None) -> NodeResult:
+def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block_control=None, target: str = "",
+            node_id=None) -> NodeResult:
     handle, settings = model, block_control or BlockSettings()
-    scale = int(str(scale).rstrip("x"))
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[0] < 1 or not 1 <= image.shape[-1] <= 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"Inf-DiT Upscale needs an IMAGE batch (B, H, W, 1..4 channels), got {shape}")
     b, h, w, _ = image.shape
-    cfg, bs = handle.config, handle.config.block_size
+    cfg = handle.config
     steps = steps or cfg.sampler_steps  # 0 = the model's own
-    rows, cols = block_grid(h, w, scale, bs)
-    out_h, out_w = rows * bs, cols * bs  # padded to whole blocks, as the sampler does
+    wanted = parse_target(target) or {"scale": _factor(scale)}
     device = comfy.torch_device()
     clip = handle.model.clip is not None
     dtype = handle.model.dtype
 
-    # Make room for one pass at block batch 1 at least, then size the batch from what is really free.
-    minimum = estimate_peak_bytes(cfg, out_h, out_w, 1, dtype, settings.offload_frontier, 1, settings.scan, clip)
+    def make_plan(block_batch, budget=None):
+        return plan_run(cfg, h, w, **wanted, block_batch=block_batch, budget=budget, dtype=dtype,
+                        offload_frontier=settings.offload_frontier, scan=settings.scan, include_clip=clip)
+
+    # Make room for the run at block batch 1 at least, then size the batches from what is really free.
+    minimum = make_plan(1).peak
     net = comfy.load_to_device(handle.patcher, handle.model, minimum.total - minimum.weights)
-    n = settings.resolve_block_batch(cfg, out_h, out_w, dtype, _budget(handle, device, settings), clip)
+    plan = make_plan(settings.block_batch, _budget(handle, device, settings))
     evaluations = evaluations_for(steps)
-    progress = comfy.Progress(b * evaluations * len(plan_blocks(rows, cols, n, settings.scan).groups), node_id)
+    progress = comfy.Progress(b * _groups(plan) * evaluations, node_id)
     results, retried = [], None
     try:
         for i in range(b):
             comfy.check_interrupted()
-            args = dict(image=image[i:i + 1], scale=scale, steps=steps, seed=(seed + i) % (SEED_MAX + 1), scan=settings.scan)
-            out, oom = _try(net, args, n, settings.offload_frontier, rows, cols, h * scale, w * scale, evaluations, i, b, progress, node_id)
+            args = dict(image=image[i:i + 1], steps=steps, seed=(seed + i) % (SEED_MAX + 1))
+            out, oom = _try(net, args, plan, evaluations, i, b, progress, node_id)
             if oom:
-                retry = _fallback(n, settings.offload_frontier)
+                retry = fallback(plan, cfg, dtype, clip)
                 if retry is None:
-                    raise InfDiTOutOfMemory(_oom_message(handle, h, w, scale, n, settings.offload_frontier, device))
-                log.warning("Inf-DiT: out of memory at block batch %d; retrying with block batch %d%s", n, retry[0],
-                            ", frontier offloaded" if retry[1] else "")
+                    raise InfDiTOutOfMemory(_oom_message(handle, plan, device))
+                log.warning("Inf-DiT: out of memory at block batch %d; retrying with block batch %d%s", plan.block_batch,
+                            retry.block_batch, ", frontier offloaded" if retry.offload_frontier else "")
                 comfy.empty_cache()
-                out, oom = _try(net, args, *retry, rows, cols, h * scale, w * scale, evaluations, i, b, progress, node_id)
+                out, oom = _try(net, args, retry, evaluations, i, b, progress, node_id)
                 if oom:
-                    raise InfDiTOutOfMemory(_oom_message(handle, h, w, scale, *retry, device))
-                retried = retry
-                n, settings = retry[0], BlockSettings(retry[0], settings.memory_budget, retry[1], settings.scan)
+                    raise InfDiTOutOfMemory(_oom_message(handle, retry, device))
+                plan, retried = retry, (retry.block_batch, retry.offload_frontier)
             results.append(out)
     finally:
         comfy.empty_cache()  # also after Cancel: the sampler has dropped its caches, hand the memory back
     result = torch.cat(results)
-    assert result.shape[1:3] == (h * scale, w * scale), result.shape  # the core's contract
-    return NodeResult((result,), extra={"block_batch": n, "retried": retried, "progress": progress.value})
+    assert result.shape[1:3] == plan.out_size, result.shape  # the core's contract
+    return NodeResult((result,), extra={"block_batch": plan.block_batch, "retried": retried, "progress": progress.value,
+                                        "plan": plan})
 
 
-def _try(net, args, n, offload, rows, cols, out_h, out_w, evaluations, image, images, progress, node_id):
+def _groups(plan) -> int:
+    """Block groups of one network evaluation, summed over the passes."""
+    return sum(len(plan_blocks(*p.grid, p.block_batch, plan.scan).groups) for p in plan.passes)
+
+
+def _try(net, args, plan, evaluations, image, images, progress, node_id):
     """One image; (result, False), or (None, True) after an out-of-memory error (memory already released)."""
-    plan = plan_blocks(rows, cols, n, args["scan"])
-    tracker = BlockTracker(plan, out_h, out_w, net.config.block_size, evaluations, image, images)
-    before = image * tracker.total
+    bs = net.config.block_size
+    trackers = [BlockTracker(plan_blocks(*p.grid, p.block_batch, plan.scan), *p.out_size, bs, evaluations, image, images)
+                for p in plan.passes]
+    per_image = sum(t.total for t in trackers)
+    before = [image * per_image + sum(t.total for t in trackers[:k]) for k in range(len(trackers))]
 
     def callback(event):
         comfy.check_interrupted()  # Cancel: raises out of the sampler, which frees its caches on the way
         if isinstance(event, BlockGroupDone):
-            message = tracker.on_group(event)
-            progress.update(before + message["value"], images * tracker.total, tracker.preview())
+            k = event.pass_index
+            message = trackers[k].on_group(event)
+            message.update(run_pass=k, run_passes=len(trackers), scale=plan.passes[k].scale)
+            progress.update(before[k] + message["value"], images * per_image, trackers[k].preview())
             comfy.send_to_browser(EVENT, {"node": node_id, **message})
-        elif isinstance(event, EvaluationDone):
-            pass  # progress already advanced per group
 
     try:
-        return upscale_image(net, block_batch=n, offload_frontier=offload, callback=callback, **args), False
+        return upscale_image(net, plan=plan, callback=callback, **args), False
     except comfy.oom_errors():
         pass  # leave the except block first, so the traceback's tensors can be freed
-    del tracker
+    del trackers
     return None, True
 
 
@@ -131,14 +141,15 @@ def spec() -> NodeSpec:
     return NodeSpec(
         node_id="InfDiTUpscale",
         display_name="Inf-DiT Upscale",
-        description="Upscales images 4x (or 2x) with Inf-DiT, generating 128 px blocks in order so memory grows with "
+        description="Upscales images by any factor 1 to 16 (x4 and x2 passes of Inf-DiT), generating 128 px blocks in order so memory grows with "
                     "the shorter side only. Progress and a live preview advance per block group; Cancel stops within a group.",
         inputs=(
             Input("model", "INF_DIT", "The model from Load Inf-DiT."),
             Input("image", "image", "Images to upscale: any size, RGB or RGBA (alpha is resized bicubically). "
                   "Batches run one image after another; image i uses seed + i."),
-            Input("scale", "combo", "Upscaling factor. The output is exactly scale x the input size.", default="4",
-                  options=("4", "2")),
+            Input("scale", "combo", "Upscaling factor. The output is exactly scale x the input size. 2 and 4 are one "
+                  "pass of the model; 8 and 16 two passes (x4 then x2 or x4); other factors run the passes that reach "
+                  "them, then resize down (antialiased).", default="4", options=SCALE_OPTIONS),
             Input("steps", "int", "Sampler steps (Heun; 2 x steps - 1 network passes). 0 = the model's own: 20 for "
                   "the released model, 1 for the bundled demo model (its 2-3 step results are broken).",
                   default=0, min=0, max=200, step=1),
@@ -146,7 +157,10 @@ def spec() -> NodeSpec:
                   default=0, min=0, max=SEED_MAX, control_after_generate=True),
             Input("block_control", "INF_DIT_BLOCKS", "Optional Block Size Control. Without it: auto block batch for "
                   "the free memory, frontier on device, auto scan.", optional=True),
+            Input("target", "string", "Instead of scale: the output size. Empty = use scale. '2.5x' = any factor 1 to "
+                  "16; '1000' = long side in pixels (keeps the aspect ratio); '1920x1080' = width x height; '4mp' = "
+                  "megapixels (of 1024x1024). Never smaller than the input, at most 16x.", default="", optional=True),
         ),
-        outputs=(Output("image", "image", "The upscaled images, scale x the input size."),),
+        outputs=(Output("image", "image", "The upscaled images: scale x the input size, or the target size."),),
         run=upscale,
     )

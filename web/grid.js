@@ -24,6 +24,9 @@ export function parseBlocksMessage(detail) {
     evaluations: Number(detail.evaluations ?? 1),
     value: Number(detail.value ?? 0),
     max: Number(detail.max ?? 0),
+    runPass: Number(detail.run_pass ?? 0), // x4/x2 pass of a multi-pass run (x8 = x4 then x2)
+    runPasses: Number(detail.run_passes ?? 1),
+    scale: Number(detail.scale ?? 0),
   };
 }
 
@@ -52,6 +55,7 @@ export function layoutGrid(rows, cols, width, height, gap = 1) {
 export function progressLabel(state) {
   const parts = [];
   if (state.images > 1) parts.push(`image ${state.image + 1}/${state.images}`);
+  if (state.runPasses > 1) parts.push(`x${state.scale} stage ${state.runPass + 1}/${state.runPasses}`);
   parts.push(`pass ${state.evaluation + 1}/${state.evaluations}`);
   parts.push(`${state.done.length}/${state.rows * state.cols} blocks`);
   return parts.join(" · ");

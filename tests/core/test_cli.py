@@ -38,6 +38,27 @@ def test_x2(tmp_path, model_file):
         assert im.size == (40, 14)
 
 
+@pytest.mark.parametrize("args,name,size", [
+    (["--scale", "1.5"], "in_x1.5.png", (20, 14)), (["--scale", "8"], "in_x8.png", (104, 72)),
+    (["--size", "40x30"], "in_40x30.png", (40, 30)), (["--long-side", "100"], "in_100x69.png", (100, 69)),
+])
+def test_any_factor_or_target_size(tmp_path, model_file, args, name, size):
+    src = png(tmp_path / "in.png")  # 13x9
+    assert main(["upscale", str(src), "--model", str(model_file), "--steps", "1", *args]) == 0
+    with Image.open(tmp_path / name) as im:
+        assert im.size == size
+
+
+@pytest.mark.parametrize("args,message", [(["--scale", "0"], "from 1 to 16"), (["--scale", "20"], "from 1 to 16"),
+                                          (["--size", "10x10"], "smaller than the input")])
+def test_bad_factor_or_size_is_a_one_line_error_before_loading(tmp_path, capsys, args, message):
+    src = png(tmp_path / "in.png")
+    assert main(["upscale", str(src), "--model", str(tmp_path / "absent.safetensors"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
 def test_wrong_model_file_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
     src = png(tmp_path / "in.png")
     bad = tmp_path / "model.safetensors"

@@ -33,7 +33,11 @@ def test_upscale_inputs():
     assert spec.input("seed").control_after_generate
     assert spec.input("block_control").optional and spec.input("block_control").kind == "INF_DIT_BLOCKS"
     assert spec.input("model").kind == "INF_DIT"
-    assert spec.input("scale").options == ("4", "2")
+    assert spec.input("scale").options[:2] == ("4", "2")  # saved workflows hold these strings
+    assert spec.input("scale").default == "4"
+    names = [i.name for i in spec.inputs]
+    assert names[:6] == ["model", "image", "scale", "steps", "seed", "block_control"]  # new inputs come after
+    assert spec.input("target").optional and spec.input("target").default == ""
 
 
 def test_only_the_adapter_imports_comfyui():

@@ -99,8 +99,9 @@ def fake_oom(monkeypatch, fails_when):
     real = upscale.upscale_image
 
     def flaky(model, **kw):
-        calls.append((kw["block_batch"], kw["offload_frontier"]))
-        if fails_when(kw["block_batch"], kw["offload_frontier"]):
+        plan = kw["plan"]
+        calls.append((plan.block_batch, plan.offload_frontier))
+        if fails_when(plan.block_batch, plan.offload_frontier):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(model, **kw)
 
@@ -136,3 +137,29 @@ def test_second_out_of_memory_gives_a_clear_error(tiny_handle, monkeypatch):
 def test_not_an_image_is_a_clear_error(tiny_handle):
     with pytest.raises(ValueError, match="IMAGE batch"):
         run(tiny_handle, torch.rand(16, 16, 3))
+
+
+@pytest.mark.parametrize("scale,target,size", [("8", "", (72, 56)), ("1.5", "", (14, 11)), ("4", "100", (100, 78)),
+                                               ("4", "30x20", (20, 30)), ("2", "x3", (27, 21))])
+def test_any_factor_or_target_gives_the_exact_size(tiny_handle, scale, target, size):
+    out = upscale.upscale(tiny_handle, image(h=9, w=7), scale, 1, 0, None, target).outputs[0]
+    assert out.shape == (1, *size, 3)
+
+
+def test_progress_and_messages_cover_both_passes_of_x8(tiny_handle, monkeypatch):
+    messages, updates = [], []
+    monkeypatch.setattr(comfy_adapter, "send_to_browser", lambda event, data: messages.append(data))
+    monkeypatch.setattr(comfy_adapter.Progress, "update", lambda self, v, t, preview=None: updates.append((v, t, preview.size)))
+    result = upscale.upscale(tiny_handle, image(h=20, w=12), "8", 1, 0, BlockSettings(block_batch=1, scan="rows"))
+    # x4: 80x48 = 1 block; x2: 160x96 = 2 blocks; 1 network evaluation each
+    assert [u[:2] for u in updates] == [(1, 3), (2, 3), (3, 3)]
+    assert [u[2] for u in updates] == [(48, 80), (96, 160), (96, 160)]  # each pass's own preview
+    assert [(m["run_pass"], m["run_passes"], m["scale"]) for m in messages] == [(0, 2, 4), (1, 2, 2), (1, 2, 2)]
+    assert result.outputs[0].shape == (1, 160, 96, 3)
+
+
+def test_bad_scale_or_target_is_a_clear_error(tiny_handle):
+    with pytest.raises(ValueError, match="smaller than the input"):
+        upscale.upscale(tiny_handle, image(), "4", 1, 0, None, "8")
+    with pytest.raises(ValueError, match="not understood"):
+        upscale.upscale(tiny_handle, image(), "4", 1, 0, None, "huge")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CORE_NODES = Path(__file__).with_name("comfyui_core_nodes.json")  # from ComfyUI 0.8.0's /object_info
-KIND_TO_TYPE = {"combo": "COMBO", "int": "INT", "float": "FLOAT", "boolean": "BOOLEAN", "image": "IMAGE"}
+KIND_TO_TYPE = {"combo": "COMBO", "int": "INT", "float": "FLOAT", "boolean": "BOOLEAN", "string": "STRING",
+                "image": "IMAGE"}
 
 
 def spec_definitions() -> dict:
@@ -19,7 +20,8 @@ def spec_definitions() -> dict:
         spec = factory()
         defs[spec.node_id] = {
             "inputs": {i.name: {"type": KIND_TO_TYPE.get(i.kind, i.kind), "optional": i.optional,
-                                "control_after_generate": i.control_after_generate, "options": list(i.options)}
+                                "control_after_generate": i.control_after_generate, "options": list(i.options),
+                                "default": i.default}
                        for i in spec.inputs},
             "outputs": [KIND_TO_TYPE.get(o.kind, o.kind) for o in spec.outputs],
         }
@@ -36,7 +38,8 @@ def definitions(object_info: dict | None = None) -> dict:
             for key, spec in info["input"].get(section, {}).items():
                 kind, opts = spec[0], spec[1] if len(spec) > 1 else {}
                 inputs[key] = {"type": "COMBO" if isinstance(kind, list) else kind, "optional": section == "optional",
-                               "control_after_generate": bool(opts.get("control_after_generate"))}
+                               "control_after_generate": bool(opts.get("control_after_generate")),
+                               "default": opts.get("default")}
         defs[name] = {"inputs": inputs, "outputs": info["output"]}
     return defs
 
@@ -58,7 +61,11 @@ def to_api(workflow: dict, defs: dict) -> dict:
             if spec["type"] not in WIDGET_TYPES or name in linked:
                 continue
             if not values:
-                raise ValueError(f"node {node['id']} ({node['type']}): no widget value for {name}")
+                # A workflow saved before this widget existed: the frontend keeps the widget's default.
+                if spec.get("default") is None:
+                    raise ValueError(f"node {node['id']} ({node['type']}): no widget value for {name}")
+                inputs[name] = spec["default"]
+                continue
             inputs[name] = values.pop(0)
             if spec.get("options") and name != "model_name" and inputs[name] not in spec["options"]:
                 raise ValueError(f"node {node['id']}: {name}={inputs[name]!r} is not one of {spec['options']}")

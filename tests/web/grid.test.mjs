@@ -45,6 +45,8 @@ test("the grid layout fits the area with square cells", () => {
 test("progress label counts images, passes and blocks", () => {
   assert.equal(progressLabel(parseBlocksMessage(message)), "image 1/2 · pass 5/39 · 2/6 blocks");
   assert.equal(progressLabel(parseBlocksMessage({ ...message, images: 1 })), "pass 5/39 · 2/6 blocks");
+  assert.equal(progressLabel(parseBlocksMessage({ ...message, images: 1, run_pass: 1, run_passes: 2, scale: 2 })),
+    "x2 stage 2/2 · pass 5/39 · 2/6 blocks");
 });
 
 test("estimate query and label", () => {

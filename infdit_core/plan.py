@@ -1,0 +1,219 @@
+"""How a run is planned, before it starts: the output size asked for (a factor, or a target size), the
+native passes (x4, x2) that reach it, and for each pass the block batch, where the full-size images
+and the frontier live, and the memory that takes. One object, `RunPlan`, used by the CLI, the nodes
+and the API alike, so the adapters stay thin; it also knows the out-of-memory fallback.
+
+Any factor from 1 to 16 runs the fewest native passes whose product reaches it, x4 first, then one
+antialiased resize to the exact size: 1.5 = x2 then down, 3 = x4 then down, 6 = x4, x2 then down,
+8 = x4 then x2, 16 = x4 then x4. Factor 1 is x2 then down: a re-render at the same size with the
+model's detail, since a plain copy would make the node silently do nothing.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+
+import torch
+
+from .memory import MemoryEstimate, choose_block_batch, default_budget, dit_parameters, estimate_peak_bytes
+
+MAX_FACTOR = 16
+NATIVE_PASSES = ((2,), (4,), (4, 2), (4, 4))  # by product: the first that reaches a factor is the plan
+
+
+def _round(v: float) -> int:
+    return max(1, int(math.floor(v + 0.5)))  # half up, the same on every platform
+
+
+def native_passes(factor: float) -> tuple[int, ...]:
+    """The fewest native passes (x4 first) whose product reaches `factor` (1..16)."""
+    _check_factor(factor)
+    return next(p for p in NATIVE_PASSES if math.prod(p) >= factor - 1e-9)
+
+
+def _check_factor(factor) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+        raise ValueError(f"scale must be a number from 1 to {MAX_FACTOR}, got {factor!r}")
+    if not 1 <= factor <= MAX_FACTOR:
+        raise ValueError(f"scale must be from 1 to {MAX_FACTOR}, got {factor:g}: for a smaller image resize "
+                         f"after upscaling; for more than x{MAX_FACTOR} upscale the result again")
+
+
+def output_size(height: int, width: int, scale=None, size=None, long_side=None, megapixels=None) -> tuple[int, int]:
+    """(out_height, out_width) for an input of height x width and one of: a factor `scale` (default 4),
+    `size` = (height, width), `long_side` (pixels, keeps the aspect ratio) or `megapixels` (of 2**20
+    pixels, as ComfyUI counts them; keeps the aspect ratio). Raises ValueError for sizes out of reach."""
+    given = [name for name, v in (("scale", scale), ("size", size), ("long side", long_side),
+                                  ("megapixels", megapixels)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one of scale, size, long side or megapixels, not {' and '.join(given)}")
+    if size is not None:
+        try:
+            out_h, out_w = (int(v) for v in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"size must be (height, width) in pixels, got {size!r}") from None
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"size must be positive, got {out_h}x{out_w} (height x width)")
+    elif long_side is not None:
+        if isinstance(long_side, bool) or not isinstance(long_side, int) or long_side < 1:
+            raise ValueError(f"long side must be a positive number of pixels, got {long_side!r}")
+        s = long_side / max(height, width)
+        out_h, out_w = (long_side, _round(width * s)) if height >= width else (_round(height * s), long_side)
+    elif megapixels is not None:
+        if isinstance(megapixels, bool) or not isinstance(megapixels, (int, float)) or not megapixels > 0:
+            raise ValueError(f"megapixels must be a positive number, got {megapixels!r}")
+        s = math.sqrt(megapixels * 2**20 / (height * width))
+        out_h, out_w = _round(height * s), _round(width * s)
+    else:
+        scale = 4 if scale is None else scale
+        _check_factor(scale)
+        return _round(height * scale), _round(width * scale)
+    if out_h < height or out_w < width:
+        raise ValueError(f"the target {out_w}x{out_h} is smaller than the input {width}x{height}: Inf-DiT only "
+                         f"enlarges; ask for at least the input size, or resize the image instead")
+    if out_h > MAX_FACTOR * height + 0.5 or out_w > MAX_FACTOR * width + 0.5:
+        raise ValueError(f"the target {out_w}x{out_h} is more than x{MAX_FACTOR} the input {width}x{height}: "
+                         f"upscale in two runs, or ask for at most {MAX_FACTOR * width}x{MAX_FACTOR * height}")
+    return out_h, out_w
+
+
+def parse_target(text: str):
+    """The node's `target` text -> keyword for `output_size`: '' = none, '2.5x' or 'x2.5' = factor,
+    '1000' = long side, '1920x1080' = width x height, '4mp' = megapixels. Returns {} for ''."""
+    t = str(text).strip().lower().replace(" ", "")
+    if t in ("", "none", "scale"):
+        return {}
+    number = r"(\d+(?:\.\d*)?|\.\d+)"
+    if m := re.fullmatch(rf"x{number}|{number}x", t):
+        return {"scale": float(m.group(1) or m.group(2))}
+    if m := re.fullmatch(r"(\d+)x(\d+)", t):
+        return {"size": (int(m.group(2)), int(m.group(1)))}
+    if m := re.fullmatch(r"(\d+)(?:px)?", t):
+        return {"long_side": int(m.group(1))}
+    if m := re.fullmatch(rf"{number}mp", t):
+        return {"megapixels": float(m.group(1))}
+    raise ValueError(f"target {text!r} not understood: use e.g. '2.5x' (factor), '1000' (long side in pixels), "
+                     f"'1920x1080' (width x height) or '4mp' (megapixels); empty = the scale widget")
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """One native pass: its factor, input size (unpadded), block grid, block batch and memory."""
+
+    scale: int
+    in_size: tuple[int, int]
+    grid: tuple[int, int]
+    block_batch: int
+    estimate: MemoryEstimate
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return self.in_size[0] * self.scale, self.in_size[1] * self.scale
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A whole run of one image: the passes, then a resize from the last pass's size to `out_size`."""
+
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    passes: tuple[PassPlan, ...]
+    offload_frontier: bool = False
+    scan: str = "auto"
+    batch: int = 1
+
+    @property
+    def resize(self) -> bool:
+        return self.passes[-1].out_size != self.out_size
+
+    @property
+    def block_batch(self) -> int:
+        return max(p.block_batch for p in self.passes)
+
+    @property
+    def peak(self) -> MemoryEstimate:
+        """The pass with the highest device peak (passes run one after another)."""
+        return max((p.estimate for p in self.passes), key=lambda e: e.total)
+
+    def describe(self) -> str:
+        steps = " then ".join(f"x{p.scale}" for p in self.passes) + (" then resize" if self.resize else "")
+        (h, w), (oh, ow) = self.in_size, self.out_size
+        return f"{w}x{h} -> {ow}x{oh}: {steps}"
+
+
+def plan_run(
+    config,
+    height: int,
+    width: int,
+    *,
+    scale=None,
+    size=None,
+    long_side=None,
+    megapixels=None,
+    block_batch="auto",
+    budget: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    offload_frontier: bool = False,
+    scan: str = "auto",
+    include_clip: bool = True,
+    batch: int = 1,
+) -> RunPlan:
+    """Plan a run for an input of height x width. `budget` (bytes) sizes "auto" block batches."""
+    if isinstance(block_batch, bool) or not (block_batch == "auto" or (isinstance(block_batch, int) and block_batch >= 1)):
+        raise ValueError(f"block_batch must be 'auto' or an integer >= 1, got {block_batch!r}")
+    out = output_size(height, width, scale, size, long_side, megapixels)
+    factor = min(max(out[0] / height, out[1] / width), MAX_FACTOR)
+    passes, h, w = [], height, width
+    for s in native_passes(factor):
+        passes.append(_plan_pass(config, s, h, w, block_batch, budget, dtype, offload_frontier, scan, include_clip, batch))
+        h, w = h * s, w * s
+    return RunPlan((height, width), out, tuple(passes), offload_frontier, scan, batch)
+
+
+def _plan_pass(config, s, h, w, block_batch, budget, dtype, offload, scan, include_clip, batch) -> PassPlan:
+    bs = config.block_size
+    grid = (-(-h * s // bs), -(-w * s // bs))
+    out_h, out_w = grid[0] * bs, grid[1] * bs
+    if block_batch == "auto":
+        if budget is None:
+            raise ValueError("an 'auto' block batch needs a memory budget")
+        n = choose_block_batch(config, out_h, out_w, budget, dtype, offload, batch, scan, include_clip)
+    else:
+        n = block_batch
+    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, offload, batch, scan, include_clip)
+    return PassPlan(s, (h, w), grid, min(n, grid[0] * grid[1]), est)
+
+
+def fallback(plan: RunPlan, config, dtype=torch.bfloat16, include_clip: bool = True) -> RunPlan | None:
+    """The one retry after an out-of-memory error: half the blocks per pass, or, when every pass already
+    runs one block at a time, the frontier offloaded. None when nothing smaller is left."""
+    if plan.block_batch > 1:
+        n, offload = max(1, plan.block_batch // 2), plan.offload_frontier
+    elif not plan.offload_frontier:
+        n, offload = 1, True
+    else:
+        return None
+    passes = tuple(
+        _plan_pass(config, p.scale, *p.in_size, min(p.block_batch, n), None, dtype, offload, plan.scan, include_clip,
+                   plan.batch)
+        for p in plan.passes
+    )
+    return replace(plan, passes=passes, offload_frontier=offload)
+
+
+def smallest_fitting(plan: RunPlan, config, free: int, dtype=torch.bfloat16, include_clip: bool = True):
+    """(block batch, device bytes) of the smallest settings for this plan's sizes with the frontier
+    offloaded: the largest block batch fitting `free` on every pass, and the peak at block batch 1."""
+    fits = min(choose_block_batch(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, free, dtype,
+                                  True, plan.batch, plan.scan, include_clip) for p in plan.passes)
+    smallest = max(estimate_peak_bytes(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, 1, dtype,
+                                       True, plan.batch, plan.scan, include_clip).total for p in plan.passes)
+    return fits, smallest
+
+
+def model_budget(model) -> int:
+    """Default budget for "auto" on the model's device: free memory minus a margin; on CPU the resident
+    weights count as free too (the estimate includes them)."""
+    weights = dit_parameters(model.config) * torch.finfo(model.dtype).bits // 8
+    return default_budget(model.device) + (weights if model.device.type == "cpu" else 0)
