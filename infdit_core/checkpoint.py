@@ -8,12 +8,12 @@ what was expected.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .config import InfDiTConfig
 
 CLIP_PREFIX = "image_encoder.model.visual."
@@ -271,7 +271,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def convert(src, dst, dtype: str | None = None) -> dict:
     """Convert an official checkpoint to .safetensors, dropping what inference never reads.
 
-    Writes to a temporary file first so a failure never leaves a half-written output.
+    Writes to a temporary file first so a failure never leaves a half-written output; the result gets
+    ordinary permissions (0666 minus the umask), readable by a ComfyUI running as another user.
     Returns a summary dict (kept and dropped key counts, bytes written).
     """
     from safetensors.torch import save_file
@@ -290,12 +291,8 @@ def convert(src, dst, dtype: str | None = None) -> dict:
         kept = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in kept.items()}
     kept = {k: v.contiguous() for k, v in kept.items()}
     dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".partial")
-    try:
-        save_file(kept, str(tmp), metadata={CONFIG_METADATA_KEY: config.to_json(), "format": "inf-dit"})
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    metadata = {CONFIG_METADATA_KEY: config.to_json(), "format": "inf-dit"}
+    atomic_write(dst, lambda tmp: save_file(kept, str(tmp), metadata=metadata))
     return {"kept": len(kept), "dropped": len(state) - len(kept), "bytes": dst.stat().st_size, "config": config}
 
 
@@ -305,13 +302,7 @@ def save_model(model, path, extra_metadata: dict[str, str] | None = None) -> Non
 
     state = {k: v.detach().contiguous() for k, v in official_state_dict(model).items()}
     metadata = {CONFIG_METADATA_KEY: model.config.to_json(), "format": "inf-dit", **(extra_metadata or {})}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 def official_state_dict(model) -> dict[str, torch.Tensor]:

@@ -2,48 +2,31 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from .checkpoint import DTYPES, CheckpointError
 from .loader import DEMO_MODEL_PATH
 from .plan import output_size
+from .runner import add_arguments as add_batch_arguments
 
+UPSCALE_HELP = """Upscale one image, or many with the model loaded once.
 
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """(H, W, C) float in [0, 1] -> 8-bit file, truncating like the reference writer; atomic."""
-    arr = np.clip(image.double().numpy() * 255.0, 0, 255).astype(np.uint8)
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(arr.shape[-1])
-    if arr.shape[-1] == 2:
-        mode, arr = "LA", arr
-    pil = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode=mode)
-    tmp = path.with_name(path.name + ".partial" + path.suffix)
-    try:
-        pil.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+One image file (and -o FILE or no -o): written to FILE (default IN_x4.png), replaced if it exists,
+sampled with --seed as given (as in earlier versions).
 
+Anything else (several files, a folder, a glob, a .txt list, or -o DIR): every image is written below
+DIR, mirroring sub-folders, named by --name; outputs that already exist are skipped (so an interrupted
+run resumes; --overwrite redoes them); unreadable images are reported and skipped, and the exit code
+is 1 if any failed. Each image's seed is derived from --seed and its path relative to the input it
+came from, so its result is the same whichever process or machine runs it.
 
-def read_image(path: Path) -> torch.Tensor:
-    """An image file as (1, H, W, C) in [0, 1], keeping grayscale and alpha."""
-    if not path.is_file():
-        raise SystemExit(f"input image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            mode = {"L": "L", "LA": "LA", "RGBA": "RGBA", "P": "RGBA" if "transparency" in im.info else "RGB"}.get(im.mode, "RGB")
-            arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"cannot read {path} as an image: {e}") from None
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return torch.from_numpy(arr)[None]
+Several GPUs or machines: start it with torchrun, e.g.
+  torchrun --nproc-per-node 4 -m infdit_core upscale IN -o OUT
+Each process takes its share of the images (one GPU each: cuda:LOCAL_RANK); rank 0 prints the summary.
+"""
 
 
 def _dtype(name: str, device: str) -> torch.dtype:
@@ -52,10 +35,9 @@ def _dtype(name: str, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def cmd_upscale(args) -> int:
+def load_model(args, device: str):
+    """The model named by --model (or the bundled demo model) on `device`."""
     from .loader import load_inf_dit
-    from .pipeline import upscale_image
-    from .sampler import BlockGroupDone, EvaluationDone
 
     model_path = args.model
     if model_path is None:
@@ -64,36 +46,35 @@ def cmd_upscale(args) -> int:
         model_path = DEMO_MODEL_PATH
         print(f"no --model given: using the bundled demo model {DEMO_MODEL_PATH.name} (small, for trying things out; "
               "pass --model for the released Inf-DiT weights)", file=sys.stderr)
-    image = read_image(Path(args.input))
-    h, w = image.shape[1:3]
-    wanted = _wanted_size(args)
-    out_h, out_w = output_size(h, w, **wanted)  # a size out of reach fails here, before loading the model
-    suffix = f"_x{wanted['scale']:g}" if "scale" in wanted else f"_{out_w}x{out_h}"
-    out = Path(args.output) if args.output else Path(args.input).with_name(Path(args.input).stem + suffix + ".png")
-    if out.suffix.lower() not in (".png", ".tif", ".tiff", ".webp", ".bmp"):
-        raise SystemExit(f"output {out} must be a lossless format: .png, .tif, .webp or .bmp")
-    if not out.parent.is_dir():
-        raise SystemExit(f"output folder does not exist: {out.parent}")
-    model = load_inf_dit(model_path, device=args.device, dtype=_dtype(args.dtype, args.device), clip_path=args.clip)
-    block_batch = "auto" if args.block_batch == "auto" else int(args.block_batch)
-    t0 = time.time()
+    return load_inf_dit(model_path, device=device, dtype=_dtype(args.dtype, device), clip_path=args.clip)
 
-    def progress(event):
-        if isinstance(event, EvaluationDone):
-            stage = f"pass {event.pass_index + 1}/{event.passes} " if event.passes > 1 else ""
-            print(f"\r{stage}evaluation {event.evaluation + 1}/{event.evaluations} (sigma {event.sigma:.3f}) "
-                  f"{time.time() - t0:.0f}s", end="", file=sys.stderr, flush=True)
-        elif isinstance(event, BlockGroupDone) and args.verbose:
-            print(f"  group {event.group + 1}/{event.groups} blocks {event.blocks}", file=sys.stderr)
 
-    result = upscale_image(
-        model, image, **wanted, steps=args.steps, seed=args.seed, block_batch=block_batch,
-        scan=args.scan, offload_frontier=args.offload_frontier, callback=progress,
+def upscale_options(args) -> dict:
+    """Keyword arguments of `upscale_image` from the command line, the same for every image of a run
+    (the seed is per image, see infdit_core/batch.py)."""
+    return dict(
+        **_wanted_size(args), steps=args.steps,
+        block_batch="auto" if args.block_batch == "auto" else int(args.block_batch),
+        scan=args.scan, offload_frontier=args.offload_frontier,
     )
-    print(file=sys.stderr)
-    save_png(result[0], out)
-    print(f"wrote {out} ({w}x{h} -> {result.shape[2]}x{result.shape[1]}) in {time.time() - t0:.1f}s", file=sys.stderr)
-    return 0
+
+
+def cmd_upscale(args) -> int:
+    from .pipeline import upscale_image
+    from .runner import Upscaler, run_upscale
+
+    options = upscale_options(args)
+    wanted = _wanted_size(args)
+
+    def upscale_one(model, image, seed, callback):
+        return upscale_image(model, image, seed=seed, callback=callback, **options)
+
+    return run_upscale(args, Upscaler(
+        load_model=lambda device: load_model(args, device),
+        upscale=upscale_one,
+        output_size=lambda h, w: output_size(h, w, **wanted),  # a size out of reach fails before any work
+        scale=f"{wanted['scale']:g}" if "scale" in wanted else None,
+    ))
 
 
 def _wanted_size(args) -> dict:
@@ -152,9 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infdit_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("upscale", help="upscale an image file")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", help="output image (default: INPUT_x4.png, INPUT_WxH.png for a target size)")
+    p = sub.add_parser("upscale", help="upscale image files, folders, globs or .txt lists (also under torchrun)",
+                       description=UPSCALE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image file, folder, glob ('shots/*.png') or .txt list of paths")
+    p.add_argument("-o", "--output", help="one image: the output file (default: IN_x4.png next to it, IN_WxH.png for a "
+                   "target size); otherwise the output folder, mirroring sub-folders (required)")
     p.add_argument("--model", help="Inf-DiT checkpoint (.pt or .safetensors); default: the bundled demo model")
     p.add_argument("--clip", help="open_clip ViT-L-14 weights, if the checkpoint lacks them")
     size = p.add_mutually_exclusive_group()
@@ -164,13 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--long-side", type=int, help="output long side in pixels, keeping the aspect ratio")
     size.add_argument("--megapixels", type=float, help="output megapixels (of 1024x1024 pixels), keeping the aspect ratio")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own; 20 for the released model)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="one image: its seed; several: the base from which each image's seed is derived")
     p.add_argument("--block-batch", default="auto", help="blocks per forward: 'auto' or an integer")
     p.add_argument("--scan", choices=("auto", "rows", "columns"), default="auto")
     p.add_argument("--offload-frontier", action="store_true", help="keep cached keys/values in CPU memory")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every block group")
+    add_batch_arguments(p)
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("convert", help="convert the official .pt to .safetensors")
