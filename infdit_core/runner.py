@@ -214,7 +214,7 @@ def _summary_line(per_rank: list[dict], skipped: list, planned_failures: int, wo
     seconds = max((s["seconds"] for s in per_rank), default=0.0)
     megapixels = sum(w["size"][0] * w["size"][1] for w in written) / 1e6
     on = f" on {world_size} ranks" if world_size > 1 else ""
-    rate = f" ({seconds / len(written):.2f} s/image, {megapixels / seconds:.3f} megapixels/s)" if written and seconds else ""
+    rate = f" ({seconds / len(written):.2f} s/image, {megapixels / seconds:.3g} megapixels/s)" if written and seconds else ""
     return f"{len(written)} images upscaled in {seconds:.1f} s{on}{rate}, {len(skipped)} skipped (already done), {failed} failed"
 
 
