@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,6 +17,7 @@ import torch
 
 # Ranks wait for each other only at the start and at the end; the end waits for the slowest share.
 COLLECTIVE_TIMEOUT = timedelta(hours=24)
+JOIN_TIMEOUT = timedelta(minutes=10)  # for all processes of the group to start
 
 
 @dataclass
@@ -79,5 +82,38 @@ def start(device: str) -> Ranks:
         device = f"cuda:{local_rank}"
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
-    dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+    base, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=JOIN_TIMEOUT))
+    store = dist.PrefixStore(f"infdit/attempt{_agree_on_attempt(base, rank, world_size)}", base)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
     return Ranks(rank, world_size, local_rank, device)
+
+
+def _agree_on_attempt(store, rank: int, world_size: int) -> int:
+    """A number that is new for every start of the group and the same on all its ranks.
+
+    torchrun keeps its key/value store across `--max-restarts` restarts, so the keys a previous attempt
+    wrote (the gloo addresses of processes now dead) are still there; a group that reused them would
+    connect to nobody. TORCHELASTIC_RESTART_COUNT cannot name the attempt: on several machines only the
+    failed machine's agent counts a restart. So rank 0 (one per attempt) opens a new attempt number, and
+    every other rank registers under the newest number with a fresh token until rank 0 acknowledges that
+    token (a stale acknowledgement carries another token)."""
+    if rank == 0:
+        attempt = store.add("infdit/attempts", 1)
+        for r in range(1, world_size):
+            key = f"infdit/attempt{attempt}/hello{r}"
+            store.wait([key], JOIN_TIMEOUT)
+            store.set(f"infdit/attempt{attempt}/ack{r}", store.get(key))
+        return attempt
+    token = uuid.uuid4().hex.encode()
+    deadline = time.monotonic() + JOIN_TIMEOUT.total_seconds()
+    registered = None
+    while time.monotonic() < deadline:
+        attempt = store.add("infdit/attempts", 0)
+        if attempt and attempt != registered:
+            store.set(f"infdit/attempt{attempt}/hello{rank}", token)
+            registered = attempt
+        ack = f"infdit/attempt{registered}/ack{rank}"
+        if registered and store.check([ack]) and store.get(ack) == token:
+            return registered
+        time.sleep(0.1)
+    raise SystemExit(f"rank {rank}: rank 0 did not start within {JOIN_TIMEOUT}; see its error above")

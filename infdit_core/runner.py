@@ -20,7 +20,7 @@ from typing import Any, Callable
 from .atomic import atomic_write, remove_stale_temps
 from .batch import Job, check_lossless, default_name, discover, is_single_image, output_name, plan_jobs, shard
 from .distributed import Ranks, start
-from .images import ImageReadError, image_size, is_complete_image, read_image, save_image
+from .images import IMAGE_SUFFIXES, ImageReadError, image_size, is_complete_image, read_image, save_image
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,8 +127,8 @@ def make_plan(args, world_size: int, upscaler: Upscaler) -> dict:
         if args.output is None:
             raise SystemExit("several images (or a folder, list or glob) need an output folder: add -o DIR")
         out_dir = Path(args.output)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise SystemExit(f"-o {out_dir} is a file; several images need an output folder")
+        if (out_dir.exists() or out_dir.suffix.lower() in IMAGE_SUFFIXES) and not out_dir.is_dir():
+            raise SystemExit(f"-o {out_dir} names a file; several images (or a folder, list or glob) need an output folder")
         jobs, failed = plan_jobs(sources, out_dir, pattern, args.seed, describe)
         out_dir.mkdir(parents=True, exist_ok=True)
         single = False
@@ -215,7 +215,8 @@ def _summary_line(per_rank: list[dict], skipped: list, planned_failures: int, wo
     megapixels = sum(w["size"][0] * w["size"][1] for w in written) / 1e6
     on = f" on {world_size} ranks" if world_size > 1 else ""
     rate = f" ({seconds / len(written):.2f} s/image, {megapixels / seconds:.3g} megapixels/s)" if written and seconds else ""
-    return f"{len(written)} images upscaled in {seconds:.1f} s{on}{rate}, {len(skipped)} skipped (already done), {failed} failed"
+    images = f"{len(written)} image{'' if len(written) == 1 else 's'}"
+    return f"{images} upscaled in {seconds:.1f} s{on}{rate}, {len(skipped)} skipped (already done), {failed} failed"
 
 
 def _print_summary(gathered, plan, failed, world_size) -> None:

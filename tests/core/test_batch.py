@@ -136,6 +136,8 @@ def test_clear_errors_before_any_work(tmp_path, tiny_args):
         main(["upscale", str(a), str(b), "-o", str(tmp_path / "out"), *tiny_args])
     with pytest.raises(SystemExit, match="need an output folder"):
         main(["upscale", str(a), str(b), *tiny_args])
+    with pytest.raises(SystemExit, match="names a file"):
+        main(["upscale", str(a), str(b), "-o", str(tmp_path / "out.png"), *tiny_args])
     with pytest.raises(SystemExit, match="no image files match"):
         main(["upscale", str(tmp_path / "*.webp"), "-o", str(tmp_path / "out"), *tiny_args])
     with pytest.raises(SystemExit, match="lossless"):
