@@ -55,7 +55,7 @@ def upscale_options(args) -> dict:
     return dict(
         **_wanted_size(args), steps=args.steps,
         block_batch="auto" if args.block_batch == "auto" else int(args.block_batch),
-        scan=args.scan, offload_frontier=args.offload_frontier,
+        scan=args.scan, offload_frontier=args.offload_frontier, compile=args.compile,
     )
 
 
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload-frontier", action="store_true", help="keep cached keys/values in CPU memory")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    p.add_argument("--compile", action="store_true",
+                   help="fuse the layers' small ops with torch.compile (slow first run; eager with a warning if unavailable)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every block group")
     add_batch_arguments(p)
     p.set_defaults(func=cmd_upscale)

@@ -7,6 +7,7 @@ at once (one group of all blocks) and block by block (see `denoiser.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -75,20 +76,37 @@ class InfDiTLayer(nn.Module):
         self.mlp_in = nn.Linear(c, cfg.mlp_ratio * c)
         self.mlp_out = nn.Linear(cfg.mlp_ratio * c, c)
 
-    def attend(self, x, mod, rope, layer_kv, group_embed):
+    # The tensor-only stages of a layer, between which the keys/values are gathered. Each takes the layer
+    # as its first argument, so `torch.compile` of the plain function serves every layer (see compile.py).
+    def attention_inputs(self, x, shift, scale, cos, sin):
+        """adaLN, q/k/v, the shared q/k norm and the 2-D rotary: q, k, v (B, n, T, h, d)."""
         b, n, t, c = x.shape
-        shift_a, scale_a = mod[0], mod[1]
-        qkv = self.qkv(modulate(layer_norm(x), shift_a, scale_a))
+        qkv = self.qkv(modulate(layer_norm(x), shift, scale))
         q, k, v = qkv.view(b, n, t, 3, self.heads, -1).unbind(3)  # three consecutive slices
-        cos, sin = rope  # (n, T, d) -> broadcast over batch and heads
-        q = apply_rotary(self.qk_norm(q), cos[None, :, :, None], sin[None, :, :, None])
-        k = apply_rotary(self.qk_norm(k), cos[None, :, :, None], sin[None, :, :, None])
-        k4, v4 = layer_kv(k, v)
-        return x + self.proj(block_attention(q, k4, v4, group_embed))
+        cos, sin = cos[None, :, :, None], sin[None, :, :, None]  # (n, T, d) -> broadcast over batch and heads
+        q = apply_rotary(self.qk_norm(q), cos, sin)
+        k = apply_rotary(self.qk_norm(k), cos, sin)
+        return q, k, v
 
-    def feed_forward(self, x, m, mod):
-        m = modulate(m, mod[2], mod[3])
-        return x + self.mlp_out(F.gelu(self.mlp_in(m), approximate="tanh"))
+    def feed_forward(self, x, m, shift, scale):
+        """The adaLN MLP of the normed input m, with its residual."""
+        return x + self.mlp_out(F.gelu(self.mlp_in(modulate(m, shift, scale)), approximate="tanh"))
+
+    def after_attention(self, x, attn, shift, scale):
+        """Every layer but the first: the attention's projection and residual, then the MLP."""
+        x = x + self.proj(attn)
+        return self.feed_forward(x, layer_norm(x), shift, scale)
+
+
+class LayerStages(NamedTuple):
+    """The functions `forward_blocks` runs per layer: eager by default, compiled by `compile.compiled`."""
+
+    attention_inputs: Callable
+    feed_forward: Callable
+    after_attention: Callable
+
+
+EAGER_STAGES = LayerStages(InfDiTLayer.attention_inputs, InfDiTLayer.feed_forward, InfDiTLayer.after_attention)
 
 
 @dataclass
@@ -120,6 +138,7 @@ class InfDiT(nn.Module):
         self.final_modulation = nn.Linear(c, 2 * c)
         self.final_linear = nn.Linear(c, p * p * cfg.out_channels)
         self.clip = None  # the CLIP image tower, attached by the loader when vector_dim > 0
+        self.stages = EAGER_STAGES  # swapped for compiled twins inside `compile.compiled(model)`
 
     def initialize_weights(self) -> None:
         """DiT-style init for training from scratch: Xavier linears, adaLN and output zeroed."""
@@ -183,18 +202,20 @@ class InfDiT(nn.Module):
         tokens = tokens.flatten(2).transpose(1, 2).reshape(b, n, -1, cfg.hidden)  # (B, n, T, C) row-major
         rope = block_rotary(where[:, 0], where[:, 1], cfg.head_dim)
 
+        cos, sin = rope
+        stages = self.stages
         for i, layer in enumerate(self.layers):
-            mod = cond.layer_mods[i]
-            tokens = layer.attend(
-                tokens, mod, rope, lambda k, v, i=i: kv.gather(i, blocks, k, v), self.key_group_embed[i]
-            )
-            if i == 0:
+            shift_a, scale_a, shift_m, scale_m = cond.layer_mods[i]
+            q, k, v = stages.attention_inputs(layer, tokens, shift_a, scale_a, cos, sin)
+            k4, v4 = kv.gather(i, blocks, k, v)
+            attn = block_attention(q, k4, v4, self.key_group_embed[i])
+            if i == 0:  # layer 0 reads the LR image between its attention and its MLP
+                tokens = tokens + layer.proj(attn)
                 windows = self.lr_cross.windows(lr.to(self.dtype), blocks)
                 tokens = tokens + self.lr_cross(layer_norm(tokens), windows)
-                m = self.lr_cross.post_norm(tokens)
+                tokens = stages.feed_forward(layer, tokens, self.lr_cross.post_norm(tokens), shift_m, scale_m)
             else:
-                m = layer_norm(tokens)
-            tokens = layer.feed_forward(tokens, m, mod)
+                tokens = stages.after_attention(layer, tokens, attn, shift_m, scale_m)
 
         shift, scale = cond.final_mod
         out = modulate(layer_norm(layer_norm(tokens)), shift, scale)  # QUIRK: final norm, then another LN

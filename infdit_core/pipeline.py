@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .clip import clip_vector
+from .compiled import compiled
 from .denoiser import BlockwiseDenoiser
 from .memory import choose_block_batch, default_budget, dit_parameters
 from .plan import model_budget, plan_run
@@ -41,7 +42,7 @@ def block_grid(height: int, width: int, scale: int = 4, block_size: int = 128) -
     return -(-height * scale // block_size), -(-width * scale // block_size)
 
 
-def _check_inputs(model, lr, scale, steps, noise):
+def _check_inputs(model, lr, scale, steps, noise, compile=False):
     if not isinstance(lr, torch.Tensor) or lr.dim() != 4 or lr.shape[1] != 3:
         shape = tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__
         raise ValueError(f"lr must be a (B, 3, h, w) tensor in [-1, 1], got {shape}")
@@ -55,6 +56,8 @@ def _check_inputs(model, lr, scale, steps, noise):
         raise ValueError(f"scale must be 2 or 4, got {scale!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
     if model.needs_clip and model.clip is None:
         raise ValueError("this model needs CLIP image weights but none are loaded: pass clip_path to load_inf_dit")
 
@@ -72,13 +75,16 @@ def sample(
     scan: str = "auto",
     offload_frontier: bool = False,
     memory_budget: int | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Upscale lr (B, 3, h, w) in [-1, 1] by `scale`; returns (B, 3, scale*h, scale*w) in [-1, 1].
 
-    steps None = the model's own (`config.sampler_steps`: 20 for the released model)."""
+    steps None = the model's own (`config.sampler_steps`: 20 for the released model).
+    compile=True runs the layers through torch.compile (see compiled.py; eager with one warning where
+    that is unavailable). It is a per-call option, not a model property, so one loaded model serves both."""
     cfg = model.config
     steps = cfg.sampler_steps if steps is None else steps
-    _check_inputs(model, lr, scale, steps, noise)
+    _check_inputs(model, lr, scale, steps, noise, compile)
     device, bs = model.device, cfg.block_size
     b, _, h, w = lr.shape
     lr = lr.to(device=device, dtype=torch.float32)
@@ -106,7 +112,8 @@ def sample(
     sigmas = get_sigmas_karras(steps, cfg.sigma_min, cfg.sigma_max).to(device)
     denoiser.steps, denoiser.evaluations = steps, 2 * steps - 1
     x = u + sigmas[0] * noise  # the release starts from the upsampled LR, not from pure noise
-    x = sample_heun(denoiser, x, sigmas, callback=callback)
+    with compiled(model, enabled=compile):
+        x = sample_heun(denoiser, x, sigmas, callback=callback)
     return x[:, :, : h * scale, : w * scale]
 
 

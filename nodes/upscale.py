@@ -58,7 +58,7 @@ def _oom_message(handle, plan, device) -> str:
 
 
 def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block_control=None, target: str = "",
-            node_id=None) -> NodeResult:
+            compile: bool = False, node_id=None) -> NodeResult:
     handle, settings = model, block_control or BlockSettings()
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[0] < 1 or not 1 <= image.shape[-1] <= 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -85,7 +85,7 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
     try:
         for i in range(b):
             comfy.check_interrupted()
-            args = dict(image=image[i:i + 1], steps=steps, seed=(seed + i) % (SEED_MAX + 1))
+            args = dict(image=image[i:i + 1], steps=steps, seed=(seed + i) % (SEED_MAX + 1), compile=bool(compile))
             out, oom = _try(net, args, plan, evaluations, i, b, progress, node_id)
             if oom:
                 retry = fallback(plan, cfg, dtype, clip)
@@ -160,6 +160,9 @@ def spec() -> NodeSpec:
             Input("target", "string", "Instead of scale: the output size. Empty = use scale. '2.5x' = any factor 1 to "
                   "16; '1000' = long side in pixels (keeps the aspect ratio); '1920x1080' = width x height; '4mp' = "
                   "megapixels (of 1024x1024). Never smaller than the input, at most 16x.", default="", optional=True),
+            Input("compile", "boolean", "Fuse the model's small operations with torch.compile: faster blocks after a "
+                  "first run that spends a minute or more compiling. Where compiling is unavailable it runs as usual "
+                  "(one warning in the console).", default=False, optional=True),
         ),
         outputs=(Output("image", "image", "The upscaled images: scale x the input size, or the target size."),),
         run=upscale,

@@ -49,3 +49,14 @@ def test_a_wrong_input_name_is_caught():
     upscale["inputs"][1]["name"] = "picture"
     with pytest.raises(ValueError, match="no input named picture"):
         to_api(workflow, definitions())
+
+
+OLD = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "workflows-0.1.0").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", OLD, ids=lambda p: p.stem)
+def test_workflows_saved_before_the_compile_toggle_load_with_it_off(path):
+    prompt = to_api(json.loads(path.read_text()), definitions())
+    upscale = [n["inputs"] for n in prompt.values() if n["class_type"] == "InfDiTUpscale"]
+    assert upscale and all(inputs["compile"] is False for inputs in upscale)
+
