@@ -1,0 +1,39 @@
+"""The GPU benchmark's CPU smoke run: the same code as on a GPU, on a tiny model, writes its report."""
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_tiny_runs_every_kind_of_setting_and_writes_json_and_markdown(tmp_path):
+    gpu = load_script("gpu")
+    settings = "auto,1,4,4:offload,1:compile"
+    assert gpu.main(["--tiny", "--out", str(tmp_path), "--settings", settings, "--peak-repeats", "2"]) == 0
+    report = json.loads((tmp_path / "gpu_cpu-tiny.json").read_text())
+    rows = {r["setting"]: r for r in report["results"]}
+    assert list(rows) == ["auto", "1", "4", "4 offload", "1 compile"] and not report["skipped"]
+    assert report["blocks"] == 4 and report["flops_per_evaluation"] > 0 and report["matmul_peak_flops"] > 0
+    assert rows["1"]["block_batch"] == 1 and rows["1"]["groups"] == 4 and rows["4"]["groups"] == 1
+    assert rows["4 offload"]["offload"] and rows["1 compile"]["compile"]
+    for r in rows.values():
+        assert r["seconds_per_evaluation"] > 0 and r["tflops"] > 0 and 0 < r["share_of_peak"]
+        assert r["estimate_bytes"] > 0 and r["peak_bytes"] is None  # no device memory counter on CPU
+        assert abs(r["blocks_per_s"] * r["seconds_per_evaluation"] - 4) < 1e-6
+    table = (tmp_path / "gpu_cpu-tiny.md").read_text()
+    assert table.count("\n| ") == 2 + len(rows)  # header, rule, one line per setting
+
+
+def test_gpu_benchmark_stops_early_and_extrapolates(tmp_path):
+    gpu = load_script("gpu")
+    # 4 x 4 blocks at block batch 1: the frontier is full after 6 groups; timed: groups 2..8 of 16
+    gpu.main(["--tiny", "--size", "128", "--out", str(tmp_path), "--settings", "1", "--peak-repeats", "1"])
+    (row,) = json.loads((tmp_path / "gpu_cpu-tiny.json").read_text())["results"]
+    assert row["extrapolated"] and row["timed_groups"] == 7 and row["groups"] == 16
