@@ -6,11 +6,13 @@ How the figures are obtained
 - Variant "1 process": `python -m infdit_core upscale IN -o OUT` with OMP_NUM_THREADS = all cores.
   Variant "2 ranks": `torchrun --standalone --nproc-per-node 2 -m infdit_core upscale IN -o OUT` with
   OMP_NUM_THREADS = cores / 2 per rank, so both variants use the same cores ("threads split between
-  ranks"). `--device cpu`; on a CUDA machine pass `--device cuda` to give each rank its own GPU instead.
+  ranks"). A third variant, one process with one thread, tells the gain of a second core apart from the
+  cost of two threads in one process. `--device cpu`; on a CUDA machine pass `--device cuda` to give
+  each rank its own GPU instead.
 - Two figures per variant: "end to end" = wall-clock of the whole command (interpreter and torch
   start-up, model load, gloo rendezvous included) and "upscaling" = images / the `seconds` of the run's
   `--report` (the slowest rank's model load + its share of images). Ratios are 2 ranks / 1 process.
-- Variants alternate (1 process, 2 ranks, 1 process, 2 ranks, ...) for `--repeats` rounds and the best
+- Variants alternate (1 process, 1 thread, 2 ranks, 1 process, ...) for `--repeats` rounds and the best
   of each is kept, so a slow spell of a shared machine hits both alike.
 
 Run: python benchmarks/batch.py [--images 8] [--size 64] [--repeats 2] [--model M] [--device cpu]
@@ -68,13 +70,15 @@ def main() -> None:
             Image.fromarray(arr).save(tmp / "in" / f"{i:03d}.png")
         launchers = {
             "1 process": ([sys.executable, "-m", "infdit_core"], cores),
+            "1 process, 1 thread": ([sys.executable, "-m", "infdit_core"], 1),
             "2 ranks": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                          "-m", "infdit_core"], max(cores // 2, 1)),
         }
         best = {name: (float("inf"), float("inf")) for name in launchers}
         for rep in range(args.repeats):
             for name, (launcher, threads) in launchers.items():
-                out, report = tmp / f"out_{rep}_{name[0]}", tmp / f"report_{rep}_{name[0]}.json"
+                tag = f"{rep}_{list(launchers).index(name)}"
+                out, report = tmp / f"out_{tag}", tmp / f"report_{tag}.json"
                 cmd = [*launcher, "upscale", str(tmp / "in"), "-o", str(out), "--device", args.device,
                        "--no-progress", "--report", str(report), *model]
                 wall, seconds, images = run_variant(cmd, threads, report)
@@ -87,8 +91,9 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     for name, (wall, seconds) in best.items():
         print(f"| {name} | {n / wall:.3f} | {n / seconds:.3f} |")
-    (w1, s1), (w2, s2) = best["1 process"], best["2 ranks"]
+    (w1, s1), (w2, s2), (wt, st) = best["1 process"], best["2 ranks"], best["1 process, 1 thread"]
     print(f"| ratio 2 ranks / 1 process | {w1 / w2:.2f} | {s1 / s2:.2f} |")
+    print(f"| ratio 2 ranks / 1 process, 1 thread | {wt / w2:.2f} | {st / s2:.2f} |")
 
 
 if __name__ == "__main__":

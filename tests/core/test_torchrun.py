@@ -23,7 +23,10 @@ OUTPUTS = sorted(re.sub(r"\.png$", "_x4.png", name) for name in IMAGES)
 
 def env():
     # One thread per process (what torchrun itself sets), also for the one-process reference.
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    if sys.platform.startswith("linux"):  # one machine: loopback, whatever the container's hostname resolves to
+        e.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    return e
 
 
 def upscale_args(src, out, *extra):
