@@ -119,13 +119,30 @@ def cmd_evaluate(args) -> int:
 def cmd_estimate(args) -> int:
     from .config import InfDiTConfig
     from .loader import inspect_checkpoint
-    from .memory import estimate_peak_bytes
+    from .plan import plan_output, plan_run
 
     cfg = inspect_checkpoint(args.model) if args.model else InfDiTConfig.released()
+    dtype = DTYPES[args.dtype]
+    block_batch = "auto" if args.block_batch == "auto" else int(args.block_batch)
+    budget = None if args.budget is None else int(args.budget * 1024**3)
+    if block_batch == "auto" and budget is None:
+        raise SystemExit("--block-batch auto needs --budget GIB (the device memory it may use)")
+    common = dict(block_batch=block_batch, budget=budget, dtype=dtype, offload_frontier=args.offload_frontier,
+                  images=args.images, device="cuda" if budget is not None else None)
     for side in args.sizes:
-        h, w = (int(v) for v in side.split("x")) if "x" in side else (int(side), int(side))
-        est = estimate_peak_bytes(cfg, h, w, args.block_batch, DTYPES[args.dtype], args.offload_frontier)
-        print(f"{w}x{h} block_batch {args.block_batch}: {est}")
+        try:
+            w, h = (int(v) for v in side.lower().split("x")) if "x" in side.lower() else (int(side), int(side))
+        except ValueError:
+            raise SystemExit(f"output size must be N or WIDTHxHEIGHT, got {side!r}") from None
+        if args.scale is None:
+            p = plan_output(cfg, h, w, **common)
+            print(f"{w}x{h} block_batch {p.block_batch}: {p.estimate}")
+            continue
+        plan = plan_run(cfg, max(1, round(h / args.scale)), max(1, round(w / args.scale)), size=(h, w), **common)
+        print(f"{plan.describe()}: device peak {plan.peak.total / 1024**3:.2f} GiB, host {plan.peak.host / 1024**3:.2f} GiB")
+        for k, p in enumerate(plan.passes):
+            (oh, ow) = p.out_size
+            print(f"  pass {k + 1}/{len(plan.passes)} x{p.scale} -> {ow}x{oh} block_batch {p.block_batch}: {p.estimate}")
     return 0
 
 
@@ -183,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="predicted peak memory of sampling")
     p.add_argument("sizes", nargs="+", help="output sizes, e.g. 4096 or 4096x2048 (WxH)")
     p.add_argument("--model", help="checkpoint to read the config from (default: the released config)")
-    p.add_argument("--block-batch", type=int, default=1)
+    p.add_argument("--block-batch", default="1", help="an integer, or 'auto' (the largest that fits --budget)")
+    p.add_argument("--budget", type=float, help="device memory in GiB for 'auto' and for placing the images")
+    p.add_argument("--scale", type=float, help="the factor that made these outputs: show each x4/x2 pass")
+    p.add_argument("--images", choices=("auto", "device", "host"), default="auto",
+                   help="where the full-size images live (auto: on the host when they do not fit --budget)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     p.add_argument("--offload-frontier", action="store_true")
     p.set_defaults(func=cmd_estimate)

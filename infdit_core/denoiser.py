@@ -13,6 +13,13 @@ from .sampler import BlockGroupDone
 from .scheduler import BlockPlan
 
 
+def full_size_like(x: torch.Tensor, compute_device) -> torch.Tensor:
+    """An empty full-size image next to x; pinned when x is on the host and the compute device is CUDA,
+    so the blocks copied to and from it move asynchronously."""
+    pin = x.device.type == "cpu" and torch.device(compute_device).type == "cuda"
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, pin_memory=pin)
+
+
 class BlockwiseDenoiser:
     """D(x; sigma) for fixed conditioning (u, lr, CLIP vector), evaluated block group by block group."""
 
@@ -27,9 +34,9 @@ class BlockwiseDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, evaluation: int = 0, step: int = 0) -> torch.Tensor:
         model, plan = self.model, self.plan
         bs = model.config.block_size
-        cond = model.condition(sigma.reshape(1).expand(x.shape[0]).to(x.device), self.vector)
+        cond = model.condition(sigma.reshape(1).expand(x.shape[0]).to(model.device), self.vector)
         kv = KeyValueStore(len(model.layers), keep=len(plan.groups) > 1, storage_device=self.storage)
-        out = torch.empty_like(x)
+        out = full_size_like(x, model.device)  # where x lives: the device, or the host for huge outputs
         try:
             for g, (blocks, release) in enumerate(zip(plan.groups, plan.release_after)):
                 denoised = model.forward_blocks(x, self.u, self.lr, cond, list(blocks), kv)  # (B, n, 3, bs, bs)

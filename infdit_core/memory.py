@@ -2,7 +2,9 @@
 
 Counts what is alive at the peak of one network evaluation: the weights, the frontier of cached
 keys/values (2 tensors of T x C per block and layer), the activations of one group, and the
-full-size image buffers of the Heun sampler (kept in float32).
+full-size image buffers of the Heun sampler (kept in float32) - on the device, or on the host for
+outputs too big for it (then the device holds only the blocks of one group), with an offloaded
+frontier counted on the host too.
 
 The activation counts below are in units of one (B, n, T, C) tensor, read from the code of
 model.py/attention.py and checked against benchmarks/memory.py (4 layers, hidden 512, fp32, CPU
@@ -43,12 +45,21 @@ _IMAGE_BUFFERS = 8  # x0, u, noise, x, d, x', D, and a temporary: float32, whole
 CLIP_VISUAL_PARAMS = 303_966_976  # open_clip ViT-L-14 image tower
 
 
+# With the images on the host, the device holds per block of a group: x and u cut out, the float32
+# denoised estimate and its c_skip term (the group's network tensors are the activations).
+_GROUP_IMAGE_TENSORS = 4
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """Peak bytes on the compute device (`total` = weights + frontier + activations + images) and, apart,
+    on the host (`host`: full-size images kept there, an offloaded frontier)."""
+
     weights: int
     frontier: int
     activations: int
     images: int
+    host: int = 0
 
     @property
     def total(self) -> int:
@@ -56,10 +67,11 @@ class MemoryEstimate:
 
     def __str__(self) -> str:
         gb = 1024**3
-        return (
+        text = (
             f"{self.total / gb:.2f} GiB (weights {self.weights / gb:.2f}, frontier {self.frontier / gb:.2f}, "
             f"activations {self.activations / gb:.2f}, images {self.images / gb:.2f})"
         )
+        return text + (f" + host {self.host / gb:.2f} GiB" if self.host else "")
 
 
 def dit_parameters(cfg: InfDiTConfig) -> int:
@@ -83,8 +95,12 @@ def estimate_peak_bytes(
     batch: int = 1,
     scan: str = "auto",
     include_clip: bool = True,
+    images_on_host: bool = False,
 ) -> MemoryEstimate:
-    """Predicted peak bytes on the compute device for sampling an output of this size."""
+    """Predicted peak bytes on the compute device for sampling an output of this size, and on the host.
+
+    images_on_host: the sampler's full-size images live on the host and only each group's blocks
+    go to the device; an offloaded frontier also counts on the host."""
     el = torch.finfo(dtype).bits // 8
     bs = config.block_size
     rows, cols = -(-out_height // bs), -(-out_width // bs)
@@ -94,7 +110,8 @@ def estimate_peak_bytes(
     clip = CLIP_VISUAL_PARAMS if (include_clip and config.vector_dim) else 0
     weights = (dit_parameters(config) + clip) * el
     per_block_kv = 2 * config.layers * t * c * el * batch
-    frontier = 0 if offload_frontier or len(plan.groups) == 1 else plan.peak_cached_blocks() * per_block_kv
+    cached = 0 if len(plan.groups) == 1 else plan.peak_cached_blocks() * per_block_kv
+    frontier = 0 if offload_frontier else cached
     per_block = batch * t * c * el  # one unit for one block
     window = LR_WINDOW**2 / t  # LR-window tokens per block, in units
     carried = (_CARRIED_TENSORS + window) * n
@@ -104,8 +121,11 @@ def estimate_peak_bytes(
     mlp = _MLP_TENSORS * n + carried
     rope = 2 * n * t * config.head_dim * 4  # cos/sin tables, float32
     activations = int((max(attention, gather, cross, mlp) + _WORKSPACE_TENSORS * n) * per_block) + rope
-    images = _IMAGE_BUFFERS * batch * 3 * rows * bs * cols * bs * 4
-    return MemoryEstimate(weights, frontier, activations, images)
+    full_images = _IMAGE_BUFFERS * batch * 3 * rows * bs * cols * bs * 4
+    group_images = _GROUP_IMAGE_TENSORS * n * batch * 3 * bs * bs * 4
+    images = group_images if images_on_host else full_images
+    host = (full_images if images_on_host else 0) + (cached if offload_frontier else 0)
+    return MemoryEstimate(weights, frontier, activations, images, host)
 
 
 def _cached_reads(plan: BlockPlan) -> int:
@@ -127,6 +147,7 @@ def choose_block_batch(
     batch: int = 1,
     scan: str = "auto",
     include_clip: bool = True,
+    images_on_host: bool = False,
 ) -> int:
     """The largest block batch whose estimate fits `budget_bytes` (1 if none does).
 
@@ -136,7 +157,8 @@ def choose_block_batch(
     lo, hi = 1, -(-out_height // bs) * -(-out_width // bs)
 
     def fits(n: int) -> bool:
-        est = estimate_peak_bytes(config, out_height, out_width, n, dtype, offload_frontier, batch, scan, include_clip)
+        est = estimate_peak_bytes(config, out_height, out_width, n, dtype, offload_frontier, batch, scan, include_clip,
+                                  images_on_host)
         return est.total <= budget_bytes
 
     if not fits(lo):

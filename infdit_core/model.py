@@ -46,9 +46,13 @@ class NearbyLRCrossAttention(nn.Module):
         self.post_norm = affine_norm(c)
 
     def windows(self, lr: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
-        """LR (B, 3, h, w) -> window features (B, n, 2304, C), built only for these blocks."""
+        """LR (B, 3, h, w) -> window features (B, n, 2304, C), built only for these blocks.
+
+        The LR image may live on the host: only each window's pixels go to the device."""
         lr_block = BLOCK_TOKENS  # 32 LR pixels per block side: the LR image is output / 4
-        wins = [lr_window(self.proj_lr, lr, r, c, lr_block) for r, c in blocks]
+        w = self.proj_lr.weight
+        features = lambda pixels: self.proj_lr(pixels.to(w.device, w.dtype))  # noqa: E731
+        wins = [lr_window(features, lr, r, c, lr_block) for r, c in blocks]
         return torch.stack(wins, 1).flatten(-2).transpose(-1, -2)  # (B, n, 2304, C)
 
     def forward(self, x: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
@@ -186,13 +190,15 @@ class InfDiT(nn.Module):
         """Denoised estimate D of `blocks` (list of (row, col)): (B, n, 3, block, block).
 
         x, u: (B, 3, H, W) whole noisy and upsampled-LR images (H, W whole blocks), lr: (B, 3, H/4, W/4).
-        Neighbours of these blocks that are not in the group must already be in `kv`.
+        They may live on the host (huge outputs): only the blocks of this group go to the device, and
+        the result is on the device. Neighbours of these blocks not in the group must be in `kv`.
         """
         cfg = self.config
         bs = cfg.block_size
-        where = torch.tensor(blocks, device=x.device)
-        xb = patchify_blocks(x, where, bs)  # (B, n, 3, bs, bs)
-        ub = patchify_blocks(u, where, bs)
+        device = self.device
+        where = torch.tensor(blocks, device=device)
+        xb = patchify_blocks(x, where, bs).to(device)  # (B, n, 3, bs, bs)
+        ub = patchify_blocks(u, where, bs).to(device)
         if cfg.residual:  # demo models: denoise x - u, then add u back
             xb = xb - ub
         c_in = _per_sample(cond.c_in, xb)
@@ -211,7 +217,7 @@ class InfDiT(nn.Module):
             attn = block_attention(q, k4, v4, self.key_group_embed[i])
             if i == 0:  # layer 0 reads the LR image between its attention and its MLP
                 tokens = tokens + layer.proj(attn)
-                windows = self.lr_cross.windows(lr.to(self.dtype), blocks)
+                windows = self.lr_cross.windows(lr, blocks)
                 tokens = tokens + self.lr_cross(layer_norm(tokens), windows)
                 tokens = stages.feed_forward(layer, tokens, self.lr_cross.post_norm(tokens), shift_m, scale_m)
             else:

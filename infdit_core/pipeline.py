@@ -10,7 +10,7 @@ from .clip import clip_vector
 from .compiled import compiled
 from .denoiser import BlockwiseDenoiser
 from .memory import choose_block_batch, default_budget, dit_parameters
-from .plan import model_budget, plan_run
+from .plan import check_host_memory, model_budget, plan_run
 from .sampler import get_sigmas_karras, sample_heun
 from .scheduler import plan_blocks
 
@@ -76,27 +76,34 @@ def sample(
     offload_frontier: bool = False,
     memory_budget: int | None = None,
     compile: bool = False,
+    image_device=None,
 ) -> torch.Tensor:
     """Upscale lr (B, 3, h, w) in [-1, 1] by `scale`; returns (B, 3, scale*h, scale*w) in [-1, 1].
 
     steps None = the model's own (`config.sampler_steps`: 20 for the released model).
     compile=True runs the layers through torch.compile (see compiled.py; eager with one warning where
-    that is unavailable). It is a per-call option, not a model property, so one loaded model serves both."""
+    that is unavailable). It is a per-call option, not a model property, so one loaded model serves both.
+
+    image_device: where the full-size images of the sampler live (None = the model's device; "cpu" for
+    outputs too big for the device: only the blocks of each group then go to the device)."""
     cfg = model.config
     steps = cfg.sampler_steps if steps is None else steps
     _check_inputs(model, lr, scale, steps, noise, compile)
     device, bs = model.device, cfg.block_size
     b, _, h, w = lr.shape
+    vector = None
+    if model.needs_clip:  # on the compute device, from the unpadded image: padding is not content
+        clip_lr = lr.to(device=device, dtype=torch.float32)
+        clip_in = clip_lr if scale == 4 else upsample(clip_lr, (max(h // 2, 1), max(w // 2, 1)))
+        vector = clip_vector(model.clip, clip_in)
+        del clip_lr, clip_in
+    device = torch.device(image_device) if image_device is not None else device
     lr = lr.to(device=device, dtype=torch.float32)
     padded = pad_to_multiple(lr, bs // scale)  # whole blocks of output
     hp, wp = padded.shape[-2:]
     out_h, out_w = hp * scale, wp * scale
     u = upsample(padded, (out_h, out_w)).clamp(-1, 1)
     lr_model = padded if scale == 4 else upsample(padded, (hp // 2, wp // 2))  # always output / 4
-    vector = None
-    if model.needs_clip:
-        clip_in = lr if scale == 4 else upsample(lr, (max(h // 2, 1), max(w // 2, 1)))
-        vector = clip_vector(model.clip, clip_in)  # from the unpadded image: padding is not content
 
     if noise is None:
         gen = torch.Generator().manual_seed(int(seed))  # CPU generator: same seed, same image on any device
@@ -112,6 +119,10 @@ def sample(
     sigmas = get_sigmas_karras(steps, cfg.sigma_min, cfg.sigma_max).to(device)
     denoiser.steps, denoiser.evaluations = steps, 2 * steps - 1
     x = u + sigmas[0] * noise  # the release starts from the upsampled LR, not from pure noise
+    del noise  # one full-size buffer fewer while sampling
+    if device.type == "cpu" and model.device.type == "cuda":  # host-held images: pinned for fast block copies
+        x, denoiser.u = x.pin_memory(), u.pin_memory()
+        del u
     with compiled(model, enabled=compile):
         x = sample_heun(denoiser, x, sigmas, callback=callback)
     return x[:, :, : h * scale, : w * scale]
@@ -140,11 +151,13 @@ def run_plan(model, lr: torch.Tensor, plan, steps: int | None = None, seed: int 
         raise ValueError(f"the plan is for a {plan.in_size[1]}x{plan.in_size[0]} input, got {lr.shape[-1]}x{lr.shape[-2]}")
     if kwargs.get("noise") is not None and len(plan.passes) > 1:
         raise ValueError("noise can only be given for a single-pass run (scale 2 or 4)")
+    check_host_memory(plan, model.device.type == "cpu")
     x = lr
     for k, p in enumerate(plan.passes):
         x = sample(
             model, x, scale=p.scale, steps=steps, seed=seed + k, block_batch=p.block_batch, scan=plan.scan,
-            offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)), **kwargs,
+            offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)),
+            image_device="cpu" if p.images_on_host else None, **kwargs,
         )
         if k + 1 < len(plan.passes):
             x = x.clamp(-1, 1)  # the next pass reads an image; its LR must stay in range
@@ -160,7 +173,7 @@ def _pass_callback(callback, index: int, passes: int):
 
 
 def plan_for(model, height: int, width: int, batch: int = 1, scale=None, size=None, long_side=None, megapixels=None,
-             block_batch=None, memory_budget=None, offload_frontier=False, scan="auto"):
+             block_batch=None, memory_budget=None, offload_frontier=False, scan="auto", images="auto"):
     """The RunPlan `upscale_image` follows for this model and input size ("auto" budget: free memory)."""
     block_batch = "auto" if block_batch is None else block_batch
     budget = memory_budget
@@ -169,17 +182,18 @@ def plan_for(model, height: int, width: int, batch: int = 1, scale=None, size=No
     return plan_run(
         model.config, height, width, scale=scale, size=size, long_side=long_side, megapixels=megapixels,
         block_batch=block_batch, budget=budget, dtype=model.dtype, offload_frontier=offload_frontier, scan=scan,
-        include_clip=model.clip is not None, batch=batch,
+        include_clip=model.clip is not None, batch=batch, images=images, device=model.device,
     )
 
 
 def upscale_image(model, image: torch.Tensor, scale=None, steps: int | None = None, seed: int = 0, *, size=None,
                   long_side=None, megapixels=None, plan=None, block_batch=None, memory_budget=None,
-                  offload_frontier: bool = False, scan: str = "auto", **kwargs) -> torch.Tensor:
+                  offload_frontier: bool = False, scan: str = "auto", images: str = "auto", **kwargs) -> torch.Tensor:
     """(B, H, W, C) in [0, 1], C = 1..4 -> (B, H', W', C) in [0, 1].
 
     The output size is `scale` x the input (any factor 1..16; default 4), or `size` = (height, width), or a
     `long_side` / `megapixels` keeping the aspect ratio; or `plan`, a RunPlan made for this input.
+    images: where the full-size images live ("auto": on the host when they would not fit the device).
     Grayscale is replicated to RGB and averaged back; alpha is upscaled bicubically and reattached.
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or not 1 <= image.shape[-1] <= 4:
@@ -189,7 +203,7 @@ def upscale_image(model, image: torch.Tensor, scale=None, steps: int | None = No
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
     if plan is None:
         plan = plan_for(model, image.shape[1], image.shape[2], image.shape[0], scale, size, long_side, megapixels,
-                        block_batch, memory_budget, offload_frontier, scan)
+                        block_batch, memory_budget, offload_frontier, scan, images)
     channels = image.shape[-1]
     x = image.float().movedim(-1, 1)  # (B, C, H, W)
     color_channels = 1 if channels <= 2 else 3

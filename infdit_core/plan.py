@@ -16,9 +16,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .memory import MemoryEstimate, choose_block_batch, default_budget, dit_parameters, estimate_peak_bytes
+from .memory import MemoryEstimate, choose_block_batch, default_budget, dit_parameters, estimate_peak_bytes, free_device_memory
 
 MAX_FACTOR = 16
+IMAGE_PLACES = ("auto", "device", "host")
+GIB = 1024**3
 NATIVE_PASSES = ((2,), (4,), (4, 2), (4, 4))  # by product: the first that reaches a factor is the plan
 
 
@@ -106,6 +108,7 @@ class PassPlan:
     grid: tuple[int, int]
     block_batch: int
     estimate: MemoryEstimate
+    images_on_host: bool = False  # the sampler's full-size images on the host, only each group's blocks on the device
 
     @property
     def out_size(self) -> tuple[int, int]:
@@ -158,31 +161,55 @@ def plan_run(
     scan: str = "auto",
     include_clip: bool = True,
     batch: int = 1,
+    images: str = "auto",
+    device=None,
+    native: tuple[int, ...] | None = None,
 ) -> RunPlan:
-    """Plan a run for an input of height x width. `budget` (bytes) sizes "auto" block batches."""
+    """Plan a run for an input of height x width. `budget` (bytes) sizes "auto" block batches.
+
+    images: where the sampler's full-size images live - "device", "host", or "auto": on the host
+    when the compute `device` is not the CPU and a pass would not fit `budget` even at block batch 1
+    with them on the device (on a CPU they are the same memory)."""
+    if images not in IMAGE_PLACES:
+        raise ValueError(f"images must be one of {', '.join(IMAGE_PLACES)}, got {images!r}")
     if isinstance(block_batch, bool) or not (block_batch == "auto" or (isinstance(block_batch, int) and block_batch >= 1)):
         raise ValueError(f"block_batch must be 'auto' or an integer >= 1, got {block_batch!r}")
     out = output_size(height, width, scale, size, long_side, megapixels)
     factor = min(max(out[0] / height, out[1] / width), MAX_FACTOR)
     passes, h, w = [], height, width
-    for s in native_passes(factor):
-        passes.append(_plan_pass(config, s, h, w, block_batch, budget, dtype, offload_frontier, scan, include_clip, batch))
+    for s in native or native_passes(factor):
+        on_host = images == "host"
+        if images == "auto" and device is not None and torch.device(device).type != "cpu" and budget is not None:
+            on_host = _plan_pass(config, s, h, w, 1, None, dtype, offload_frontier, scan, include_clip, batch,
+                                 False).estimate.total > budget
+        passes.append(_plan_pass(config, s, h, w, block_batch, budget, dtype, offload_frontier, scan, include_clip, batch,
+                                 on_host))
         h, w = h * s, w * s
     return RunPlan((height, width), out, tuple(passes), offload_frontier, scan, batch)
 
 
-def _plan_pass(config, s, h, w, block_batch, budget, dtype, offload, scan, include_clip, batch) -> PassPlan:
+def plan_output(config, out_height: int, out_width: int, block_batch="auto", budget: int | None = None,
+                dtype: torch.dtype = torch.bfloat16, offload_frontier: bool = False, scan: str = "auto",
+                include_clip: bool = True, batch: int = 1, images: str = "auto", device=None) -> PassPlan:
+    """One pass producing out_height x out_width (block batch, placement and estimate), for estimates
+    shown before the input is known (Block Size Control, the `estimate` command)."""
+    return plan_run(config, out_height, out_width, scale=1, block_batch=block_batch, budget=budget, dtype=dtype,
+                    offload_frontier=offload_frontier, scan=scan, include_clip=include_clip, batch=batch,
+                    images=images, device=device, native=(1,)).passes[0]
+
+
+def _plan_pass(config, s, h, w, block_batch, budget, dtype, offload, scan, include_clip, batch, on_host) -> PassPlan:
     bs = config.block_size
     grid = (-(-h * s // bs), -(-w * s // bs))
     out_h, out_w = grid[0] * bs, grid[1] * bs
     if block_batch == "auto":
         if budget is None:
             raise ValueError("an 'auto' block batch needs a memory budget")
-        n = choose_block_batch(config, out_h, out_w, budget, dtype, offload, batch, scan, include_clip)
+        n = choose_block_batch(config, out_h, out_w, budget, dtype, offload, batch, scan, include_clip, on_host)
     else:
         n = block_batch
-    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, offload, batch, scan, include_clip)
-    return PassPlan(s, (h, w), grid, min(n, grid[0] * grid[1]), est)
+    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, offload, batch, scan, include_clip, on_host)
+    return PassPlan(s, (h, w), grid, min(n, grid[0] * grid[1]), est, on_host)
 
 
 def fallback(plan: RunPlan, config, dtype=torch.bfloat16, include_clip: bool = True) -> RunPlan | None:
@@ -196,7 +223,7 @@ def fallback(plan: RunPlan, config, dtype=torch.bfloat16, include_clip: bool = T
         return None
     passes = tuple(
         _plan_pass(config, p.scale, *p.in_size, min(p.block_batch, n), None, dtype, offload, plan.scan, include_clip,
-                   plan.batch)
+                   plan.batch, p.images_on_host)
         for p in plan.passes
     )
     return replace(plan, passes=passes, offload_frontier=offload)
@@ -217,3 +244,40 @@ def model_budget(model) -> int:
     weights count as free too (the estimate includes them)."""
     weights = dit_parameters(model.config) * torch.finfo(model.dtype).bits // 8
     return default_budget(model.device) + (weights if model.device.type == "cpu" else 0)
+
+
+def host_bytes(plan: RunPlan, compute_on_cpu: bool) -> int:
+    """Host memory the run needs at its peak, beyond what is already allocated (the weights): the
+    host-held images and offloaded frontier; with a CPU model the device figure is host memory too."""
+    need = 0
+    for p in plan.passes:
+        e = p.estimate
+        need = max(need, e.host + (e.total - e.weights if compute_on_cpu else 0))
+    return need
+
+
+def check_host_memory(plan: RunPlan, compute_on_cpu: bool, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, a run whose host memory would not fit what is available."""
+    need = host_bytes(plan, compute_on_cpu)
+    available = free_device_memory("cpu") if available is None else available
+    if need <= available:
+        return
+    (h, w), (oh, ow) = plan.in_size, plan.out_size
+    peak = max(plan.passes, key=lambda p: p.estimate.host)
+    parts = []
+    if peak.images_on_host:
+        parts.append("full-size images")
+    if plan.offload_frontier:
+        parts.append("offloaded frontier")
+    if compute_on_cpu:
+        parts.append("the CPU run itself")
+    ratio = math.sqrt(available / need) if need else 1
+    fits_h, fits_w = max(h, int(oh * ratio)), max(w, int(ow * ratio))
+    hints = [f"a target of at most about {fits_w}x{fits_h}"] if (fits_h, fits_w) != (h, w) else []
+    if plan.offload_frontier and not compute_on_cpu:
+        hints.append("the frontier on the device (Block Size Control / --offload-frontier off)")
+    hints.append("closing other programs")
+    raise ValueError(
+        f"upscaling {w}x{h} -> {ow}x{oh} needs about {need / GIB:.1f} GiB of host memory ({', '.join(parts)}) but "
+        f"{available / GIB:.1f} GiB is available: try {' or '.join(hints)}"
+    )

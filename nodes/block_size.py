@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from . import comfy_adapter as comfy
-from .core import InfDiTConfig, choose_block_batch, estimate_peak_bytes
+from .core import InfDiTConfig, choose_block_batch, plan_output
 from .spec import Input, NodeResult, NodeSpec, Output
 
 GIB = 1024**3
@@ -46,18 +46,22 @@ class BlockSettings:
 
 
 def estimate(settings: BlockSettings, config, out_h: int, out_w: int, dtype=torch.bfloat16, free_bytes: int = 8 * GIB,
-             include_clip: bool = True):
-    """(block batch used, MemoryEstimate) for one image of out_h x out_w output pixels."""
-    n = settings.resolve_block_batch(config, out_h, out_w, dtype, free_bytes, include_clip)
-    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, settings.offload_frontier, 1, settings.scan, include_clip)
-    return n, est
+             include_clip: bool = True, device=None):
+    """(block batch used, MemoryEstimate) for one image of out_h x out_w output pixels. On a `device`
+    other than the CPU the full-size images go to the host when they would not fit, as in a run."""
+    budget = settings.memory_budget if settings.memory_budget is not None else free_bytes
+    p = plan_output(config, out_h, out_w, settings.block_batch, budget, dtype, settings.offload_frontier, settings.scan,
+                    include_clip, device=device)
+    return p.block_batch, p.estimate
 
 
 def estimate_text(settings: BlockSettings, out_h: int, out_w: int, config=None, dtype=torch.bfloat16,
-                  free_bytes: int = 8 * GIB) -> str:
+                  free_bytes: int = 8 * GIB, device=None) -> str:
     config = config or InfDiTConfig.released()
-    n, est = estimate(settings, config, out_h, out_w, dtype, free_bytes)
-    return f"{out_w}x{out_h} output, {n} block(s) per pass: peak about {est}"
+    n, est = estimate(settings, config, out_h, out_w, dtype, free_bytes, device=device)
+    return (f"{out_w}x{out_h} output, {n} block(s) per pass: device peak about {est.total / GIB:.2f} GiB (weights "
+            f"{est.weights / GIB:.2f}, frontier {est.frontier / GIB:.2f}, activations {est.activations / GIB:.2f}, "
+            f"images {est.images / GIB:.2f}); host about {est.host / GIB:.2f} GiB")
 
 
 def _free() -> int:
@@ -79,7 +83,7 @@ def settings_from_inputs(block_batch: int, memory_budget_gb: float, frontier: st
 def control(block_batch: int = 0, memory_budget_gb: float = 0.0, frontier: str = FRONTIER_ON_DEVICE, scan: str = "auto",
             estimate_width: int = 4096, estimate_height: int = 4096, node_id=None) -> NodeResult:
     settings = settings_from_inputs(block_batch, memory_budget_gb, frontier, scan)
-    text = estimate_text(settings, int(estimate_height), int(estimate_width), free_bytes=_free())
+    text = estimate_text(settings, int(estimate_height), int(estimate_width), free_bytes=_free(), device=comfy.torch_device())
     return NodeResult((settings,), ui={"text": [text]}, extra={"text": text})
 
 
@@ -95,10 +99,11 @@ def estimate_query(query: dict) -> dict:
         raise ValueError(f"bad estimate query: {e}") from None
     if not (1 <= w <= 65536 and 1 <= h <= 65536):
         raise ValueError(f"output size must be 1..65536 pixels per side, got {w}x{h}")
-    free = _free()
-    n, est = estimate(settings, InfDiTConfig.released(), h, w, free_bytes=free)
+    free, device = _free(), comfy.torch_device()
+    n, est = estimate(settings, InfDiTConfig.released(), h, w, free_bytes=free, device=device)
     return {"block_batch": n, "total": est.total, "weights": est.weights, "frontier": est.frontier,
-            "activations": est.activations, "images": est.images, "text": estimate_text(settings, h, w, free_bytes=free)}
+            "activations": est.activations, "images": est.images, "host": est.host,
+            "text": estimate_text(settings, h, w, free_bytes=free, device=device)}
 
 
 def spec() -> NodeSpec:
@@ -106,7 +111,8 @@ def spec() -> NodeSpec:
         node_id="InfDiTBlockSize",
         display_name="Inf-DiT Block Size Control",
         description="How Inf-DiT Upscale walks the 128 px blocks: how many per pass, the memory budget, where the "
-                    "cached neighbours live, and the scan order. Shows the estimated peak memory (released model, bf16).",
+                    "cached neighbours live, and the scan order. Shows the estimated peak memory on the device and on the "
+                    "host (released model, bf16; full-size images go to the host when they would not fit the device).",
         inputs=(
             Input("block_batch", "int", "Blocks denoised per network pass. 0 = auto: the largest that fits the memory "
                   "budget. Smaller = less memory, slower.", default=0, min=0, max=4096, step=1),

@@ -9,7 +9,7 @@ try:
         choose_block_batch, estimate_peak_bytes, evaluations_for, inspect_checkpoint, load_inf_dit, upscale_image,
     )
     from ..infdit_core.memory import default_budget, free_device_memory as default_free_memory  # noqa: F401
-    from ..infdit_core.plan import fallback, parse_target, plan_run, smallest_fitting  # noqa: F401
+    from ..infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from ..infdit_core.scheduler import plan_blocks  # noqa: F401
 except ImportError:  # "attempted relative import beyond top-level package": nodes/ is top-level
     from infdit_core import (  # noqa: F401
@@ -17,5 +17,5 @@ except ImportError:  # "attempted relative import beyond top-level package": nod
         choose_block_batch, estimate_peak_bytes, evaluations_for, inspect_checkpoint, load_inf_dit, upscale_image,
     )
     from infdit_core.memory import default_budget, free_device_memory as default_free_memory  # noqa: F401
-    from infdit_core.plan import fallback, parse_target, plan_run, smallest_fitting  # noqa: F401
+    from infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from infdit_core.scheduler import plan_blocks  # noqa: F401

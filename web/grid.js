@@ -79,5 +79,6 @@ export function estimateQuery(values) {
 // One line for the node from the route's JSON answer; null when the answer is unusable.
 export function estimateLabel(answer) {
   if (!answer || typeof answer !== "object" || !Number.isFinite(answer.total)) return null;
-  return `peak ≈ ${formatBytes(answer.total)} at ${answer.block_batch} block(s)/pass`;
+  const host = Number.isFinite(answer.host) && answer.host > 0 ? ` + host ${formatBytes(answer.host)}` : "";
+  return `peak ≈ ${formatBytes(answer.total)}${host} at ${answer.block_batch} block(s)/pass`;
 }

@@ -93,3 +93,15 @@ def test_the_core_never_imports_comfyui():
     for path in (ROOT / "infdit_core").rglob("*.py"):
         text = path.read_text()
         assert "import comfy" not in text and "folder_paths" not in text, path
+
+
+def test_estimate_shows_device_and_host_and_each_pass(capsys):
+    assert main(["estimate", "8192", "--budget", "12"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("8192x8192 block_batch 1: ") and "+ host 6.00 GiB" in line
+    device = float(line.split(": ")[1].split(" GiB")[0])
+    assert device <= 12
+    assert main(["estimate", "8192x2048", "--scale", "8", "--block-batch", "auto", "--budget", "20"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("1024x256 -> 8192x2048: x4 then x2: device peak ")
+    assert lines[1].startswith("  pass 1/2 x4 -> 4096x1024 ") and lines[2].startswith("  pass 2/2 x2 -> 8192x2048 ")

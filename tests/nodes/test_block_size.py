@@ -52,16 +52,25 @@ def test_node_outputs_settings_and_shows_the_estimate():
     result = block_size.control(2, 0.0, block_size.FRONTIER_OFFLOADED, "rows", 2048, 1024)
     assert result.outputs == (BlockSettings(2, None, True, "rows"),)
     (text,) = result.ui["text"]
-    assert text.startswith("2048x1024 output, 2 block(s) per pass: peak about ") and "GiB" in text
+    assert text.startswith("2048x1024 output, 2 block(s) per pass: device peak about ") and "GiB" in text
+    assert "host about " in text  # the offloaded frontier lives there
 
 
 def test_estimate_route_answers_the_frontend():
     answer = block_size.estimate_query({"block_batch": "4", "frontier": block_size.FRONTIER_ON_DEVICE, "width": "4096", "height": "2048"})
     assert answer["block_batch"] == 4
     assert answer["total"] == answer["weights"] + answer["frontier"] + answer["activations"] + answer["images"]
+    assert answer["host"] == 0  # frontier and images on the device
     lower = block_size.estimate_query({"block_batch": "1", "width": "4096", "height": "2048"})
     assert lower["total"] < answer["total"]
     with pytest.raises(ValueError, match="bad estimate query"):
         block_size.estimate_query({"block_batch": "many"})
     with pytest.raises(ValueError, match="output size"):
         block_size.estimate_query({"width": "0"})
+
+
+def test_on_a_gpu_a_huge_output_shows_its_images_on_the_host():
+    n, est = estimate(BlockSettings(memory_budget=12 * GIB), CFG, 8192, 8192, device="cuda")
+    assert est.total <= 12 * GIB and est.host >= 8 * 3 * 8192 * 8192 * 4
+    n, small = estimate(BlockSettings(memory_budget=12 * GIB), CFG, 1024, 1024, device="cuda")
+    assert small.host == 0

@@ -58,6 +58,8 @@ test("estimate query and label", () => {
   assert.equal(q.get("frontier"), "offloaded to CPU");
   assert.equal(q.has("other"), false);
   assert.equal(estimateLabel({ total: 3 * 1024 ** 3, block_batch: 4 }), "peak ≈ 3.00 GiB at 4 block(s)/pass");
+  assert.equal(estimateLabel({ total: 3 * 1024 ** 3, host: 6 * 1024 ** 3, block_batch: 4 }),
+    "peak ≈ 3.00 GiB + host 6.00 GiB at 4 block(s)/pass");
   assert.equal(estimateLabel({ error: "bad" }), null);
   assert.equal(estimateLabel(undefined), null);
   assert.equal(formatBytes(512 * 1024 ** 2), "512 MiB");
