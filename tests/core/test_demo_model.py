@@ -31,3 +31,4 @@ def test_demo_model_beats_bicubic_on_a_held_out_crop():
     out = upscale_image(load_inf_dit(DEMO_MODEL_PATH), lr.movedim(1, -1), seed=0).movedim(-1, 1)
     assert psnr(out, hr) > psnr(bicubic, hr) + 0.1, name
     assert sharpness(out, hr) > 2 * sharpness(bicubic, hr), name
+

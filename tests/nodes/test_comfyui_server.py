@@ -2,7 +2,8 @@
 
 Starts `main.py --cpu` with COMFYUI_PYTHON (default: this interpreter), links this repository into
 custom_nodes/ if it is not there, writes a tiny model and a 16x16 image, runs the shipped workflow
-"Load Image -> Inf-DiT x4 -> Save" through /prompt and reads the 64x64 result back from /history.
+"Load Image -> Inf-DiT x4 -> Save" through /prompt and reads the 64x48 result back from /history; then
+the bundled demo model on a 64x48 photo: x8 (512x384) and the fit-to-long-side workflow at 1000 px.
 """
 import json
 import os
@@ -51,6 +52,8 @@ def server(tmp_path_factory):
     model.initialize_weights()
     save_model(model, root / "models" / "inf_dit" / MODEL_NAME)
     Image.new("RGB", (16, 12), (200, 80, 40)).save(root / "input" / "infdit-test.png")
+    with Image.open(REPO / "docs" / "images" / "chelsea_lr.png") as photo:  # a real 64x48 picture
+        photo.convert("RGB").resize((64, 48), Image.LANCZOS).save(root / "input" / "infdit-test-64x48.png")
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,19 +96,20 @@ def test_templates_and_web_extension_are_served(server):
     assert http(server + "/inf_dit/estimate?block_batch=1&width=1024&height=1024")["block_batch"] == 1
 
 
-def test_shipped_workflow_runs_and_returns_the_image(server):
-    workflow = json.loads((REPO / "workflows" / "load_image_infdit_x4.json").read_text())
+def run_workflow(server, name, image, model_name, **upscale_inputs):
+    """Queue a shipped workflow with this input image and model; returns the saved image's size."""
+    workflow = json.loads((REPO / "workflows" / name).read_text())
     prompt = to_api(workflow, definitions(http(server + "/object_info")))
     for node in prompt.values():
         if node["class_type"] == "LoadImage":
-            node["inputs"]["image"] = "infdit-test.png"
+            node["inputs"]["image"] = image
         if node["class_type"] == "InfDiTLoader":
-            node["inputs"]["model_name"] = MODEL_NAME
+            node["inputs"]["model_name"] = model_name
         if node["class_type"] == "InfDiTUpscale":
             # steps as shipped (0 = the model's own); a new seed: ComfyUI caches identical prompts
-            node["inputs"].update(seed=int(time.time()))
+            node["inputs"].update(seed=int(time.time() * 1000) % 2**32, **upscale_inputs)
     prompt_id = http(server + "/prompt", {"prompt": prompt})["prompt_id"]
-    for _ in range(300):
+    for _ in range(600):
         history = http(server + f"/history/{prompt_id}").get(prompt_id)
         if history and history["status"].get("completed") is not None:
             break
@@ -117,4 +121,36 @@ def test_shipped_workflow_runs_and_returns_the_image(server):
 
     from PIL import Image
 
-    assert Image.open(BytesIO(png)).size == (64, 48)  # exactly 4x the 16x12 input
+    return Image.open(BytesIO(png)).size
+
+
+def test_shipped_workflow_runs_and_returns_the_image(server):
+    assert run_workflow(server, "load_image_infdit_x4.json", "infdit-test.png", MODEL_NAME) == (64, 48)  # 4x 16x12
+
+
+def test_demo_model_x8_gives_exactly_eight_times_the_size(server):
+    size = run_workflow(server, "load_image_infdit_x4.json", "infdit-test-64x48.png", "infdit-demo (bundled)", scale="8")
+    assert size == (512, 384)  # x4 then x2
+
+
+def test_demo_model_fits_a_1000_px_long_side(server):
+    workflow = json.loads((REPO / "workflows" / "fit_4k_long_side.json").read_text())
+    assert next(n for n in workflow["nodes"] if n["type"] == "InfDiTUpscale")["widgets_values"][4] == "4096"
+    size = run_workflow(server, "fit_4k_long_side.json", "infdit-test-64x48.png", "infdit-demo (bundled)", target="1000")
+    assert size == (1000, 750)  # x4, x4, then resized down to the exact size
+
+
+@pytest.mark.parametrize("args,name,size", [(["--scale", "8"], "photo_x8.png", (512, 384)),
+                                            (["--long-side", "1000"], "photo_1000x750.png", (1000, 750))])
+def test_the_same_runs_from_the_cli(tmp_path, args, name, size):
+    """The CLI on the demo model: the 64x48 photo x8 and to a 1000 px long side (kept with the real-server
+    runs: together they take minutes on a CPU)."""
+    from PIL import Image
+
+    from infdit_core.cli import main
+
+    with Image.open(REPO / "docs" / "images" / "chelsea_lr.png") as photo:
+        photo.convert("RGB").resize((64, 48), Image.LANCZOS).save(tmp_path / "photo.png")
+    assert main(["upscale", str(tmp_path / "photo.png"), *args]) == 0
+    with Image.open(tmp_path / name) as out:
+        assert out.size == size

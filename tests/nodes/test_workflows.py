@@ -10,8 +10,9 @@ FOLDER = Path(__file__).resolve().parents[2] / "workflows"  # the design card's 
 WORKFLOWS = sorted(FOLDER.glob("*.json"))
 
 
-def test_all_three_workflows_ship():
-    assert {p.stem for p in WORKFLOWS} == {"sdxl_txt2img_infdit_x4", "load_image_infdit_x4", "infdit_x2_small_gpu"}
+def test_all_workflows_ship():
+    assert {p.stem for p in WORKFLOWS} == {"sdxl_txt2img_infdit_x4", "load_image_infdit_x4", "infdit_x2_small_gpu",
+                                           "sdxl_poster_x8_24gb", "fit_4k_long_side"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -60,3 +61,22 @@ def test_workflows_saved_before_the_compile_toggle_load_with_it_off(path):
     upscale = [n["inputs"] for n in prompt.values() if n["class_type"] == "InfDiTUpscale"]
     assert upscale and all(inputs["compile"] is False for inputs in upscale)
 
+def test_poster_workflow_upscales_sdxl_1024_to_8192_within_a_24_gb_card():
+    from infdit_core import InfDiTConfig
+    from infdit_core.plan import plan_run
+    from nodes.block_size import settings_from_inputs
+
+    nodes = by_type("sdxl_poster_x8_24gb.json")
+    assert (nodes["EmptyLatentImage"]["width"], nodes["EmptyLatentImage"]["height"]) == (1024, 1024)
+    assert nodes["InfDiTUpscale"]["scale"] == "8" and "block_control" in nodes["InfDiTUpscale"]
+    blocks = nodes["InfDiTBlockSize"]
+    settings = settings_from_inputs(blocks["block_batch"], blocks["memory_budget_gb"], blocks["frontier"], blocks["scan"])
+    plan = plan_run(InfDiTConfig.released(), 1024, 1024, scale=8, block_batch=settings.block_batch,
+                    budget=settings.memory_budget, offload_frontier=settings.offload_frontier, device="cuda")
+    assert plan.out_size == (8192, 8192) and [p.scale for p in plan.passes] == [4, 2]
+    assert plan.peak.total <= 24e9 * 0.9  # the released model in bf16 fits a 24 GB card
+
+
+def test_fit_4k_workflow_asks_for_a_4096_long_side():
+    nodes = by_type("fit_4k_long_side.json")
+    assert nodes["InfDiTUpscale"]["target"] == "4096" and "LoadImage" in nodes
