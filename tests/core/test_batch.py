@@ -233,3 +233,17 @@ def test_seeds_depend_on_base_and_relative_path_only(tmp_path):
     assert plan_a[0].rel == plan_b[0].rel == "sub/a.png" and plan_a[0].seed == plan_b[0].seed == derive_seed(3, "sub/a.png")
     assert len({derive_seed(3, "a.png"), derive_seed(4, "a.png"), derive_seed(3, "b.png")}) == 3
     assert 0 <= derive_seed(0, "x") < 2**63
+
+
+def test_progress_bars_only_when_asked_or_on_a_terminal(tmp_path, capsys, tiny_args):
+    src = tmp_path / "in"
+    png(src / "a.png", (8, 8))
+    png(src / "b.png", (40, 8), seed=1)  # 160 px wide: 2 block groups at block batch 1
+    quiet = [a for a in tiny_args if a != "--no-progress"]
+    assert main(["upscale", str(src), "-o", str(tmp_path / "quiet"), *quiet]) == 0
+    err = capsys.readouterr().err
+    assert "%|" not in err and "2 images upscaled" in err  # stderr is not a terminal here: no bars
+    assert main(["upscale", str(src), "-o", str(tmp_path / "shown"), "--progress", "--block-batch", "1", *quiet]) == 0
+    err = capsys.readouterr().err
+    assert "images: 100%|" in err and "2/2" in err  # the run's bar: images done / total
+    assert "b.png: 100%|" in err and "evaluation 1/1" in err and "2/2 [" in err  # per image: groups, evaluations
