@@ -29,6 +29,14 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """modulate(layer_norm(x), shift, scale); for one image, one LayerNorm kernel with (1 + scale, shift) as
+    its affine parameters instead of three passes over x."""
+    if shift.shape[0] == 1:
+        return F.layer_norm(x, x.shape[-1:], weight=1 + scale[0], bias=shift[0], eps=EPS)
+    return modulate(layer_norm(x), shift, scale)
+
+
 def noise_features(c_noise: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 192): [cos(c_noise * f), sin(c_noise * f)] with f_k = 10000^(-k/96)."""
     k = torch.arange(TIME_FREQUENCIES, dtype=torch.float32, device=c_noise.device)
@@ -81,6 +89,19 @@ def rotate_half(t: torch.Tensor) -> torch.Tensor:
 
 def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return t * cos.to(t.dtype) + rotate_half(t) * sin.to(t.dtype)
+
+
+def signed_rotary(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin * (-1, +1, -1, ...) in `dtype`, made once per block group for `apply_signed_rotary`."""
+    sign = torch.tensor([-1.0, 1.0], device=sin.device).repeat(sin.shape[-1] // 2)
+    return cos.to(dtype), (sin * sign).to(dtype)
+
+
+def apply_signed_rotary(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary` in three passes instead of six: rotate_half(t) * sin = swap_pairs(t) * signed_sin, exactly
+    (negating is exact in floating point), and the product is added in the same kernel."""
+    swapped = t.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(t * cos, swapped, signed_sin)
 
 
 def patchify_blocks(image: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:

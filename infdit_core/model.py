@@ -17,12 +17,14 @@ from .attention import KeyValueStore, block_attention, lr_window
 from .config import BLOCK_TOKENS, LR_WINDOW, InfDiTConfig
 from .layers import (
     affine_norm,
-    apply_rotary,
+    apply_signed_rotary,
     block_rotary,
     layer_norm,
     modulate,
+    modulated_norm,
     noise_features,
     patchify_blocks,
+    signed_rotary,
     unpatchify,
 )
 from .precond import edm_scalings
@@ -82,15 +84,15 @@ class InfDiTLayer(nn.Module):
 
     # The tensor-only stages of a layer, between which the keys/values are gathered. Each takes the layer
     # as its first argument, so `torch.compile` of the plain function serves every layer (see compile.py).
-    def attention_inputs(self, x, shift, scale, cos, sin):
-        """adaLN, q/k/v, the shared q/k norm and the 2-D rotary: q, k, v (B, n, T, h, d)."""
+    def attention_inputs(self, x, shift, scale, cos, signed_sin):
+        """adaLN, q/k/v, the shared q/k norm and the 2-D rotary: q, k, v (B, n, T, h, d).
+
+        q and k are normed and rotated together (one pass each over both), and returned as views."""
         b, n, t, c = x.shape
-        qkv = self.qkv(modulate(layer_norm(x), shift, scale))
-        q, k, v = qkv.view(b, n, t, 3, self.heads, -1).unbind(3)  # three consecutive slices
-        cos, sin = cos[None, :, :, None], sin[None, :, :, None]  # (n, T, d) -> broadcast over batch and heads
-        q = apply_rotary(self.qk_norm(q), cos, sin)
-        k = apply_rotary(self.qk_norm(k), cos, sin)
-        return q, k, v
+        qkv = self.qkv(modulated_norm(x, shift, scale)).view(b, n, t, 3, self.heads, -1)
+        # cos/sin (n, T, d) broadcast over batch, q/k and heads
+        qk = apply_signed_rotary(self.qk_norm(qkv[:, :, :, :2]), cos[None, :, :, None, None], signed_sin[None, :, :, None, None])
+        return qk[:, :, :, 0], qk[:, :, :, 1], qkv[:, :, :, 2]
 
     def feed_forward(self, x, m, shift, scale):
         """The adaLN MLP of the normed input m, with its residual."""
@@ -99,7 +101,7 @@ class InfDiTLayer(nn.Module):
     def after_attention(self, x, attn, shift, scale):
         """Every layer but the first: the attention's projection and residual, then the MLP."""
         x = x + self.proj(attn)
-        return self.feed_forward(x, layer_norm(x), shift, scale)
+        return x + self.mlp_out(F.gelu(self.mlp_in(modulated_norm(x, shift, scale)), approximate="tanh"))
 
 
 class LayerStages(NamedTuple):
@@ -208,11 +210,11 @@ class InfDiT(nn.Module):
         tokens = tokens.flatten(2).transpose(1, 2).reshape(b, n, -1, cfg.hidden)  # (B, n, T, C) row-major
         rope = block_rotary(where[:, 0], where[:, 1], cfg.head_dim)
 
-        cos, sin = rope
+        cos, signed_sin = signed_rotary(*rope, self.dtype)  # converted once for all layers
         stages = self.stages
         for i, layer in enumerate(self.layers):
             shift_a, scale_a, shift_m, scale_m = cond.layer_mods[i]
-            q, k, v = stages.attention_inputs(layer, tokens, shift_a, scale_a, cos, sin)
+            q, k, v = stages.attention_inputs(layer, tokens, shift_a, scale_a, cos, signed_sin)
             k4, v4 = kv.gather(i, blocks, k, v)
             attn = block_attention(q, k4, v4, self.key_group_embed[i])
             if i == 0:  # layer 0 reads the LR image between its attention and its MLP
@@ -224,7 +226,7 @@ class InfDiT(nn.Module):
                 tokens = stages.after_attention(layer, tokens, attn, shift_m, scale_m)
 
         shift, scale = cond.final_mod
-        out = modulate(layer_norm(layer_norm(tokens)), shift, scale)  # QUIRK: final norm, then another LN
+        out = modulated_norm(layer_norm(tokens), shift, scale)  # QUIRK: final norm, then another LN
         out = unpatchify(self.final_linear(out), cfg.patch_size, cfg.out_channels).float()
         denoised = _per_sample(cond.c_out, out) * out + _per_sample(cond.c_skip, xb) * xb.float()
         return denoised + ub.float() if cfg.residual else denoised
