@@ -2,7 +2,7 @@
 
 What is printed
 1. Measured (`--measure 512,1024,2048,4096`): a whole upscale (x4, 2 Heun steps = 3 network
-   evaluations, block batch 1) of a small random Inf-DiT (config below, float32) with the sampler's
+   evaluations, block batch 16 by default) of a small random Inf-DiT (config below, float32) with the sampler's
    full-size images on the host. Every tensor the run creates is tracked (a TorchDispatchMode that
    counts each new storage until it is freed) and tagged "device" when it is created inside the
    network's forward of a group (the group's blocks, activations, the frontier) and "host" otherwise
@@ -83,7 +83,7 @@ def random_model(cfg: InfDiTConfig, device) -> InfDiT:
     return model.eval().to(device)
 
 
-def measure(side: int, device) -> dict:
+def measure(side: int, device, block_batch: int) -> dict:
     model = random_model(SMALL, device)
     mode = LiveBytes()
     real = type(model).forward_blocks
@@ -103,13 +103,13 @@ def measure(side: int, device) -> dict:
     t0 = time.time()
     try:
         with mode:
-            sample(model, lr, scale=4, steps=2, block_batch=1, image_device="cpu")
+            sample(model, lr, scale=4, steps=2, block_batch=block_batch, image_device="cpu")
     finally:
         type(model).forward_blocks = real
     result = {"device": mode.peak["device"], "host": mode.peak["host"], "seconds": time.time() - t0}
     if device.type == "cuda":
         result["cuda"] = torch.cuda.max_memory_allocated() - base
-    est = estimate_peak_bytes(SMALL, side, side, 1, torch.float32, include_clip=False, images_on_host=True)
+    est = estimate_peak_bytes(SMALL, side, side, block_batch, torch.float32, include_clip=False, images_on_host=True)
     result["est_device"] = est.total - est.weights
     result["est_host"] = est.host
     return result
@@ -145,22 +145,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--measure", default="", help="comma-separated square output sizes to measure")
     ap.add_argument("--budget-gib", type=float, default=12.0)
+    ap.add_argument("--block-batch", type=int, default=16, help="block batch of the measured runs")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads; device {device}; torch {torch.__version__}")
-    for line in released_table(int(args.budget_gib * GiB)):
-        print(line, flush=True)
     sizes = [int(s) for s in args.measure.split(",") if s]
     if sizes:
-        print(f"\nMeasured: x4 upscale, 2 Heun steps (3 evaluations), block batch 1, images on the host; model {SMALL.layers} layers, "
+        print(f"\nMeasured: x4 upscale, 2 Heun steps (3 evaluations), block batch {args.block_batch}, images on the host; "
+              f"model {SMALL.layers} layers, "
               f"hidden {SMALL.hidden}, float32 (MiB; device = what a GPU would hold besides the weights)")
         print(f"{'output':>6} {'device':>9} {'est.':>9} {'host':>9} {'est.':>9} {'cuda':>9} {'time s':>7}")
         for side in sizes:
-            r = measure(side, device)
+            r = measure(side, device, args.block_batch)
             cuda = f"{r['cuda'] / MiB:9.1f}" if "cuda" in r else f"{'-':>9}"
             print(f"{side:>6} {r['device'] / MiB:9.1f} {r['est_device'] / MiB:9.1f} {r['host'] / MiB:9.1f} "
                   f"{r['est_host'] / MiB:9.1f} {cuda} {r['seconds']:7.1f}", flush=True)
+    print()
+    for line in released_table(int(args.budget_gib * GiB)):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .float8 import dequantise, quantise
+
 Block = tuple[int, int]
 KEY_GROUPS = ("self", "top_left", "left", "top")
 
@@ -43,10 +45,11 @@ class KeyValueStore:
     that no later block reads. The whole-image forward is one group with `keep=False`.
     """
 
-    def __init__(self, layers: int, keep: bool = False, storage_device=None):
+    def __init__(self, layers: int, keep: bool = False, storage_device=None, float8: bool = False):
         self.layers = [dict() for _ in range(layers)]
         self.keep = keep
         self.storage_device = storage_device
+        self.float8 = float8  # stored blocks as float8 e4m3 with one scale per block (float8.py)
 
     def gather(self, layer: int, blocks: list[Block], k: torch.Tensor, v: torch.Tensor):
         """k, v: (B, n, T, h, d) of `blocks` -> k4, v4: (B, n, 4, T, h, d)."""
@@ -65,17 +68,31 @@ class KeyValueStore:
                 row.append(position[nb])
             index.append(row)
         if stored:
-            k_pool = torch.cat([k, torch.stack([store[nb][0] for nb in stored], 1).to(k.device)], dim=1)
-            v_pool = torch.cat([v, torch.stack([store[nb][1] for nb in stored], 1).to(v.device)], dim=1)
+            k_pool = torch.cat([k, torch.stack([self._read(store[nb][0], k) for nb in stored], 1)], dim=1)
+            v_pool = torch.cat([v, torch.stack([self._read(store[nb][1], v) for nb in stored], 1)], dim=1)
         else:
             k_pool, v_pool = k, v
         if self.keep:
             dev = self.storage_device or k.device
             pin = torch.device(dev).type == "cpu" and k.is_cuda
             for i, blk in enumerate(blocks):
-                store[blk] = (_store(k[:, i], dev, pin), _store(v[:, i], dev, pin))
+                store[blk] = (self._keep(k[:, i], dev, pin), self._keep(v[:, i], dev, pin))
         idx = torch.tensor(index, device=k.device)
         return k_pool[:, idx], v_pool[:, idx]
+
+    def _keep(self, t: torch.Tensor, device, pin: bool):
+        """One block's keys or values (B, T, h, d) on their way into the store."""
+        if not self.float8:
+            return _store(t, device, pin)
+        q, scale = quantise(t, block_dims=1)  # on the compute device: half the bytes to move
+        return _store(q, device, pin), _store(scale, device, pin)
+
+    def _read(self, entry, like: torch.Tensor) -> torch.Tensor:
+        """A stored block back on `like`'s device and dtype."""
+        if not self.float8:
+            return entry.to(like.device)
+        q, scale = entry
+        return dequantise(q.to(like.device), scale.to(like.device), like.dtype)
 
     def release(self, blocks) -> None:
         for store in self.layers:

@@ -56,6 +56,7 @@ def upscale_options(args) -> dict:
         **_wanted_size(args), steps=args.steps,
         block_batch="auto" if args.block_batch == "auto" else int(args.block_batch),
         scan=args.scan, offload_frontier=args.offload_frontier, compile=args.compile,
+        float8_frontier=args.float8_frontier,
     )
 
 
@@ -128,6 +129,7 @@ def cmd_estimate(args) -> int:
     if block_batch == "auto" and budget is None:
         raise SystemExit("--block-batch auto needs --budget GIB (the device memory it may use)")
     common = dict(block_batch=block_batch, budget=budget, dtype=dtype, offload_frontier=args.offload_frontier,
+                  float8_frontier=args.float8_frontier,
                   images=args.images, device="cuda" if budget is not None else None)
     for side in args.sizes:
         try:
@@ -168,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-batch", default="auto", help="blocks per forward: 'auto' or an integer")
     p.add_argument("--scan", choices=("auto", "rows", "columns"), default="auto")
     p.add_argument("--offload-frontier", action="store_true", help="keep cached keys/values in CPU memory")
+    p.add_argument("--float8-frontier", action="store_true",
+                   help="store cached keys/values as float8 (e4m3, one scale per block): half the frontier of bf16")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     p.add_argument("--compile", action="store_true",
@@ -207,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the full-size images live (auto: on the host when they do not fit --budget)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     p.add_argument("--offload-frontier", action="store_true")
+    p.add_argument("--float8-frontier", action="store_true")
     p.set_defaults(func=cmd_estimate)
     return parser
 

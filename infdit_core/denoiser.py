@@ -23,10 +23,12 @@ def full_size_like(x: torch.Tensor, compute_device) -> torch.Tensor:
 class BlockwiseDenoiser:
     """D(x; sigma) for fixed conditioning (u, lr, CLIP vector), evaluated block group by block group."""
 
-    def __init__(self, model, u, lr, vector, plan: BlockPlan, offload_frontier: bool = False, callback=None):
+    def __init__(self, model, u, lr, vector, plan: BlockPlan, offload_frontier: bool = False, callback=None,
+                 float8_frontier: bool = False):
         self.model, self.u, self.lr, self.vector = model, u, lr, vector
         self.plan = plan
         self.storage = torch.device("cpu") if offload_frontier else None
+        self.float8 = float8_frontier
         self.callback = callback
         self.evaluations = 0
         self.steps = 0
@@ -35,7 +37,7 @@ class BlockwiseDenoiser:
         model, plan = self.model, self.plan
         bs = model.config.block_size
         cond = model.condition(sigma.reshape(1).expand(x.shape[0]).to(model.device), self.vector)
-        kv = KeyValueStore(len(model.layers), keep=len(plan.groups) > 1, storage_device=self.storage)
+        kv = KeyValueStore(len(model.layers), keep=len(plan.groups) > 1, storage_device=self.storage, float8=self.float8)
         out = full_size_like(x, model.device)  # where x lives: the device, or the host for huge outputs
         try:
             for g, (blocks, release) in enumerate(zip(plan.groups, plan.release_after)):

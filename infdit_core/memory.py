@@ -96,11 +96,13 @@ def estimate_peak_bytes(
     scan: str = "auto",
     include_clip: bool = True,
     images_on_host: bool = False,
+    float8_frontier: bool = False,
 ) -> MemoryEstimate:
     """Predicted peak bytes on the compute device for sampling an output of this size, and on the host.
 
     images_on_host: the sampler's full-size images live on the host and only each group's blocks
-    go to the device; an offloaded frontier also counts on the host."""
+    go to the device; an offloaded frontier also counts on the host. float8_frontier: cached keys/values
+    stored as float8 e4m3 (1 byte) with one float32 scale per block, layer, tensor and image."""
     el = torch.finfo(dtype).bits // 8
     bs = config.block_size
     rows, cols = -(-out_height // bs), -(-out_width // bs)
@@ -109,7 +111,10 @@ def estimate_peak_bytes(
     t, c = config.block_tokens, config.hidden
     clip = CLIP_VISUAL_PARAMS if (include_clip and config.vector_dim) else 0
     weights = (dit_parameters(config) + clip) * el
-    per_block_kv = 2 * config.layers * t * c * el * batch
+    if float8_frontier:
+        per_block_kv = 2 * config.layers * (t * c + 4) * batch
+    else:
+        per_block_kv = 2 * config.layers * t * c * el * batch
     cached = 0 if len(plan.groups) == 1 else plan.peak_cached_blocks() * per_block_kv
     frontier = 0 if offload_frontier else cached
     per_block = batch * t * c * el  # one unit for one block
@@ -148,6 +153,7 @@ def choose_block_batch(
     scan: str = "auto",
     include_clip: bool = True,
     images_on_host: bool = False,
+    float8_frontier: bool = False,
 ) -> int:
     """The largest block batch whose estimate fits `budget_bytes` (1 if none does).
 
@@ -158,7 +164,7 @@ def choose_block_batch(
 
     def fits(n: int) -> bool:
         est = estimate_peak_bytes(config, out_height, out_width, n, dtype, offload_frontier, batch, scan, include_clip,
-                                  images_on_host)
+                                  images_on_host, float8_frontier)
         return est.total <= budget_bytes
 
     if not fits(lo):

@@ -77,6 +77,7 @@ def sample(
     memory_budget: int | None = None,
     compile: bool = False,
     image_device=None,
+    float8_frontier: bool = False,
 ) -> torch.Tensor:
     """Upscale lr (B, 3, h, w) in [-1, 1] by `scale`; returns (B, 3, scale*h, scale*w) in [-1, 1].
 
@@ -85,7 +86,9 @@ def sample(
     that is unavailable). It is a per-call option, not a model property, so one loaded model serves both.
 
     image_device: where the full-size images of the sampler live (None = the model's device; "cpu" for
-    outputs too big for the device: only the blocks of each group then go to the device)."""
+    outputs too big for the device: only the blocks of each group then go to the device).
+    float8_frontier: cached keys/values stored as float8 e4m3 with a per-block scale (opt-in; half
+    the frontier of bf16, see docs/core-api.md for its error)."""
     cfg = model.config
     steps = cfg.sampler_steps if steps is None else steps
     _check_inputs(model, lr, scale, steps, noise, compile)
@@ -115,7 +118,7 @@ def sample(
     rows, cols = out_h // bs, out_w // bs
     n = _resolve_block_batch(model, block_batch, out_h, out_w, b, scan, offload_frontier, memory_budget)
     plan = plan_blocks(rows, cols, n, scan)
-    denoiser = BlockwiseDenoiser(model, u, lr_model, vector, plan, offload_frontier, callback)
+    denoiser = BlockwiseDenoiser(model, u, lr_model, vector, plan, offload_frontier, callback, float8_frontier)
     sigmas = get_sigmas_karras(steps, cfg.sigma_min, cfg.sigma_max).to(device)
     denoiser.steps, denoiser.evaluations = steps, 2 * steps - 1
     x = u + sigmas[0] * noise  # the release starts from the upsampled LR, not from pure noise
@@ -157,7 +160,7 @@ def run_plan(model, lr: torch.Tensor, plan, steps: int | None = None, seed: int 
         x = sample(
             model, x, scale=p.scale, steps=steps, seed=seed + k, block_batch=p.block_batch, scan=plan.scan,
             offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)),
-            image_device="cpu" if p.images_on_host else None, **kwargs,
+            image_device="cpu" if p.images_on_host else None, float8_frontier=plan.float8_frontier, **kwargs,
         )
         if k + 1 < len(plan.passes):
             x = x.clamp(-1, 1)  # the next pass reads an image; its LR must stay in range
@@ -173,7 +176,8 @@ def _pass_callback(callback, index: int, passes: int):
 
 
 def plan_for(model, height: int, width: int, batch: int = 1, scale=None, size=None, long_side=None, megapixels=None,
-             block_batch=None, memory_budget=None, offload_frontier=False, scan="auto", images="auto"):
+             block_batch=None, memory_budget=None, offload_frontier=False, scan="auto", images="auto",
+             float8_frontier=False):
     """The RunPlan `upscale_image` follows for this model and input size ("auto" budget: free memory)."""
     block_batch = "auto" if block_batch is None else block_batch
     budget = memory_budget
@@ -183,12 +187,14 @@ def plan_for(model, height: int, width: int, batch: int = 1, scale=None, size=No
         model.config, height, width, scale=scale, size=size, long_side=long_side, megapixels=megapixels,
         block_batch=block_batch, budget=budget, dtype=model.dtype, offload_frontier=offload_frontier, scan=scan,
         include_clip=model.clip is not None, batch=batch, images=images, device=model.device,
+        float8_frontier=float8_frontier,
     )
 
 
 def upscale_image(model, image: torch.Tensor, scale=None, steps: int | None = None, seed: int = 0, *, size=None,
                   long_side=None, megapixels=None, plan=None, block_batch=None, memory_budget=None,
-                  offload_frontier: bool = False, scan: str = "auto", images: str = "auto", **kwargs) -> torch.Tensor:
+                  offload_frontier: bool = False, scan: str = "auto", images: str = "auto",
+                  float8_frontier: bool = False, **kwargs) -> torch.Tensor:
     """(B, H, W, C) in [0, 1], C = 1..4 -> (B, H', W', C) in [0, 1].
 
     The output size is `scale` x the input (any factor 1..16; default 4), or `size` = (height, width), or a
@@ -203,7 +209,7 @@ def upscale_image(model, image: torch.Tensor, scale=None, steps: int | None = No
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
     if plan is None:
         plan = plan_for(model, image.shape[1], image.shape[2], image.shape[0], scale, size, long_side, megapixels,
-                        block_batch, memory_budget, offload_frontier, scan, images)
+                        block_batch, memory_budget, offload_frontier, scan, images, float8_frontier)
     channels = image.shape[-1]
     x = image.float().movedim(-1, 1)  # (B, C, H, W)
     color_channels = 1 if channels <= 2 else 3

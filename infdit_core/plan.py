@@ -125,6 +125,7 @@ class RunPlan:
     offload_frontier: bool = False
     scan: str = "auto"
     batch: int = 1
+    float8_frontier: bool = False  # cached keys/values stored as float8 e4m3 with a per-block scale
 
     @property
     def resize(self) -> bool:
@@ -163,6 +164,7 @@ def plan_run(
     batch: int = 1,
     images: str = "auto",
     device=None,
+    float8_frontier: bool = False,
     native: tuple[int, ...] | None = None,
 ) -> RunPlan:
     """Plan a run for an input of height x width. `budget` (bytes) sizes "auto" block batches.
@@ -181,34 +183,36 @@ def plan_run(
         on_host = images == "host"
         if images == "auto" and device is not None and torch.device(device).type != "cpu" and budget is not None:
             on_host = _plan_pass(config, s, h, w, 1, None, dtype, offload_frontier, scan, include_clip, batch,
-                                 False).estimate.total > budget
+                                 False, float8_frontier).estimate.total > budget
         passes.append(_plan_pass(config, s, h, w, block_batch, budget, dtype, offload_frontier, scan, include_clip, batch,
-                                 on_host))
+                                 on_host, float8_frontier))
         h, w = h * s, w * s
-    return RunPlan((height, width), out, tuple(passes), offload_frontier, scan, batch)
+    return RunPlan((height, width), out, tuple(passes), offload_frontier, scan, batch, float8_frontier)
 
 
 def plan_output(config, out_height: int, out_width: int, block_batch="auto", budget: int | None = None,
                 dtype: torch.dtype = torch.bfloat16, offload_frontier: bool = False, scan: str = "auto",
-                include_clip: bool = True, batch: int = 1, images: str = "auto", device=None) -> PassPlan:
+                include_clip: bool = True, batch: int = 1, images: str = "auto", device=None,
+                float8_frontier: bool = False) -> PassPlan:
     """One pass producing out_height x out_width (block batch, placement and estimate), for estimates
     shown before the input is known (Block Size Control, the `estimate` command)."""
     return plan_run(config, out_height, out_width, scale=1, block_batch=block_batch, budget=budget, dtype=dtype,
                     offload_frontier=offload_frontier, scan=scan, include_clip=include_clip, batch=batch,
-                    images=images, device=device, native=(1,)).passes[0]
+                    images=images, device=device, float8_frontier=float8_frontier, native=(1,)).passes[0]
 
 
-def _plan_pass(config, s, h, w, block_batch, budget, dtype, offload, scan, include_clip, batch, on_host) -> PassPlan:
+def _plan_pass(config, s, h, w, block_batch, budget, dtype, offload, scan, include_clip, batch, on_host,
+               float8=False) -> PassPlan:
     bs = config.block_size
     grid = (-(-h * s // bs), -(-w * s // bs))
     out_h, out_w = grid[0] * bs, grid[1] * bs
     if block_batch == "auto":
         if budget is None:
             raise ValueError("an 'auto' block batch needs a memory budget")
-        n = choose_block_batch(config, out_h, out_w, budget, dtype, offload, batch, scan, include_clip, on_host)
+        n = choose_block_batch(config, out_h, out_w, budget, dtype, offload, batch, scan, include_clip, on_host, float8)
     else:
         n = block_batch
-    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, offload, batch, scan, include_clip, on_host)
+    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, offload, batch, scan, include_clip, on_host, float8)
     return PassPlan(s, (h, w), grid, min(n, grid[0] * grid[1]), est, on_host)
 
 
@@ -223,7 +227,7 @@ def fallback(plan: RunPlan, config, dtype=torch.bfloat16, include_clip: bool = T
         return None
     passes = tuple(
         _plan_pass(config, p.scale, *p.in_size, min(p.block_batch, n), None, dtype, offload, plan.scan, include_clip,
-                   plan.batch, p.images_on_host)
+                   plan.batch, p.images_on_host, plan.float8_frontier)
         for p in plan.passes
     )
     return replace(plan, passes=passes, offload_frontier=offload)
@@ -233,9 +237,10 @@ def smallest_fitting(plan: RunPlan, config, free: int, dtype=torch.bfloat16, inc
     """(block batch, device bytes) of the smallest settings for this plan's sizes with the frontier
     offloaded: the largest block batch fitting `free` on every pass, and the peak at block batch 1."""
     fits = min(choose_block_batch(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, free, dtype,
-                                  True, plan.batch, plan.scan, include_clip) for p in plan.passes)
+                                  True, plan.batch, plan.scan, include_clip, p.images_on_host) for p in plan.passes)
     smallest = max(estimate_peak_bytes(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, 1, dtype,
-                                       True, plan.batch, plan.scan, include_clip).total for p in plan.passes)
+                                       True, plan.batch, plan.scan, include_clip, p.images_on_host).total
+                   for p in plan.passes)
     return fits, smallest
 
 

@@ -73,7 +73,8 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
 
     def make_plan(block_batch, budget=None):
         return plan_run(cfg, h, w, **wanted, block_batch=block_batch, budget=budget, dtype=dtype,
-                        offload_frontier=settings.offload_frontier, scan=settings.scan, include_clip=clip)
+                        offload_frontier=settings.offload_frontier, scan=settings.scan, include_clip=clip,
+                        float8_frontier=settings.float8_frontier)
 
     # Make room for the run at block batch 1 at least, then size the batches from what is really free.
     minimum = make_plan(1).peak

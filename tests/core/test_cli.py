@@ -105,3 +105,14 @@ def test_estimate_shows_device_and_host_and_each_pass(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("1024x256 -> 8192x2048: x4 then x2: device peak ")
     assert lines[1].startswith("  pass 1/2 x4 -> 4096x1024 ") and lines[2].startswith("  pass 2/2 x2 -> 8192x2048 ")
+
+
+def test_float8_frontier_option(tmp_path, model_file, capsys):
+    src = png(tmp_path / "in.png", size=(40, 24))  # 160x96 output: 2 blocks, the second reads the first
+    assert main(["upscale", str(src), "--model", str(model_file), "--steps", "1", "--block-batch", "1",
+                 "--float8-frontier"]) == 0
+    with Image.open(tmp_path / "in_x4.png") as im:
+        assert im.size == (160, 96)
+    capsys.readouterr()
+    assert main(["estimate", "8192", "--budget", "12", "--float8-frontier"]) == 0
+    assert "frontier 4.51" in capsys.readouterr().out  # half of bf16's 9.02 GiB

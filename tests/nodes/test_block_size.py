@@ -74,3 +74,13 @@ def test_on_a_gpu_a_huge_output_shows_its_images_on_the_host():
     assert est.total <= 12 * GIB and est.host >= 8 * 3 * 8192 * 8192 * 4
     n, small = estimate(BlockSettings(memory_budget=12 * GIB), CFG, 1024, 1024, device="cuda")
     assert small.host == 0
+
+
+def test_float8_frontier_choices_keep_the_old_values_and_halve_the_frontier():
+    assert block_size.spec().input("frontier").options[:2] == (block_size.FRONTIER_ON_DEVICE, block_size.FRONTIER_OFFLOADED)
+    plain = block_size.settings_from_inputs(1, 0.0, block_size.FRONTIER_ON_DEVICE, "auto")
+    f8 = block_size.settings_from_inputs(1, 0.0, block_size.FRONTIER_FLOAT8, "auto")
+    off8 = block_size.settings_from_inputs(1, 0.0, block_size.FRONTIER_OFFLOADED_FLOAT8, "auto")
+    assert not plain.float8_frontier and f8.float8_frontier and not f8.offload_frontier
+    assert off8.float8_frontier and off8.offload_frontier
+    assert estimate(f8, CFG, 4096, 4096)[1].frontier * 2 == pytest.approx(estimate(plain, CFG, 4096, 4096)[1].frontier, rel=1e-3)
