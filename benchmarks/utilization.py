@@ -119,11 +119,12 @@ def measure(dtype, args, device) -> dict:
 
     def evaluation():
         used.clear()
-        return sample(model, lr, steps=1, callback=lambda e: used.append(len(e.blocks)) if isinstance(e, BlockGroupDone) else None)
+        return sample(model, lr, steps=1, compile=args.compile,
+                      callback=lambda e: used.append(len(e.blocks)) if isinstance(e, BlockGroupDone) else None)
 
     peak = matmul_peak(device, dtype, args.peak_size, 3)
     with torch.inference_mode():
-        evaluation()  # warm-up
+        evaluation()  # warm-up (and, with --compile, compiling)
         times = []
         for _ in range(args.repeats):
             sync(device)
@@ -164,13 +165,15 @@ def main(argv=None) -> int:
     ap.add_argument("--floor-repeats", type=int, default=3)
     ap.add_argument("--peak-size", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--compile", action="store_true", help="the same with compile=True (not the default setting)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(header())
     print(f"model: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, random weights; output "
-          f"{args.height}x{args.width}; one evaluation = sample(model, lr, steps=1) at the default settings; "
+          f"{args.height}x{args.width}; one evaluation = sample(model, lr, steps=1) at the default settings"
+          f"{' but compile=True' if args.compile else ''}; "
           f"device {device.type}, {torch.get_num_threads()} threads")
     rows = []
     for name in args.dtypes.split(","):
