@@ -8,15 +8,18 @@ from pathlib import Path
 
 import torch
 
+from .sampler_bridge import EDMModelSampling
+
 try:  # inside a ComfyUI server
     import comfy.model_management as _mm
     import comfy.model_patcher as _patcher
+    import comfy.model_sampling as _sampling
     import comfy.utils as _utils
     import folder_paths as _folders
 
     COMFY = True
 except ImportError:  # tests / CI / the CLI: ComfyUI is not installed
-    _mm = _patcher = _utils = _folders = None
+    _mm = _patcher = _sampling = _utils = _folders = None
     COMFY = False
 
 log = logging.getLogger("inf_dit")
@@ -130,6 +133,22 @@ def oom_errors() -> tuple[type[BaseException], ...]:
     if COMFY and isinstance(_mm.OOM_EXCEPTION, type) and _mm.OOM_EXCEPTION is not Exception:
         errors.append(_mm.OOM_EXCEPTION)
     return tuple(errors)
+
+
+# ---------------------------------------------------------------- samplers
+
+def edm_model_sampling(sigma_min: float, sigma_max: float, sigma_data: float):
+    """Our denoiser described the way ComfyUI's samplers read a model (`model_sampling`): ComfyUI's own
+    continuous EDM sampling with an x0-style EDM output, as its EDM models use; a plain stand-in without it."""
+    if not COMFY:
+        return EDMModelSampling(sigma_min, sigma_max, sigma_data)
+
+    class InfDiTModelSampling(_sampling.ModelSamplingContinuousEDM, _sampling.EDM):
+        pass
+
+    model_sampling = InfDiTModelSampling()
+    model_sampling.set_parameters(sigma_min, sigma_max, sigma_data)
+    return model_sampling
 
 
 # ---------------------------------------------------------------- progress, cancel, messages

@@ -51,3 +51,19 @@ def test_root_registers_v3_only_and_serves_web():
     assert "async def comfy_entrypoint" in text and 'WEB_DIRECTORY = "./web"' in text
     # ComfyUI ignores comfy_entrypoint when NODE_CLASS_MAPPINGS exists (nodes.py load_custom_node)
     assert not re.search(r"^NODE_CLASS_MAPPINGS\s*=", text, re.M)
+
+
+@pytest.mark.parametrize("factory", SPECS)
+def test_every_node_has_an_in_app_docs_page(factory):
+    """ComfyUI's node-docs panel reads WEB_DIRECTORY/docs/<node id>.md: one page per node, naming every input,
+    with images that exist and stay small."""
+    spec = factory()
+    page = PACK / "web" / "docs" / f"{spec.node_id}.md"
+    text = page.read_text()
+    assert text.startswith(f"# {spec.display_name}\n")
+    for item in spec.inputs:
+        assert f"`{item.name}`" in text, f"{page.name} does not describe {item.name}"
+    assert "## What to pick" in text
+    for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        image = page.parent / target
+        assert image.is_file() and image.stat().st_size < 100_000, target

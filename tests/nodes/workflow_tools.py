@@ -44,10 +44,17 @@ def definitions(object_info: dict | None = None) -> dict:
     return defs
 
 
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # virtual nodes: the frontend never sends them to the server
+
+
 def to_api(workflow: dict, defs: dict) -> dict:
     nodes = {n["id"]: n for n in workflow["nodes"]}
     prompt = {}
     for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            if node.get("inputs") or node.get("outputs"):
+                raise ValueError(f"node {node['id']} ({node['type']}) is a note: it cannot have inputs or outputs")
+            continue
         if node["type"] not in defs:
             raise ValueError(f"node {node['id']}: unknown node type {node['type']}")
         d = defs[node["type"]]
