@@ -1,21 +1,26 @@
 """Inf-DiT (arXiv 2405.04312) in plain PyTorch: the released model, its sampler, checkpoints and a
 block scheduler whose memory grows with the shorter image side. Never imports ComfyUI."""
+from . import solvers
 from .checkpoint import CheckpointError, convert
+from .color import COLOR_FIXES
 from .config import InfDiTConfig
 from .loader import DEMO_MODEL_PATH, inspect_checkpoint, load_inf_dit
 from .memory import MemoryEstimate, choose_block_batch, estimate_peak_bytes
 from .model import InfDiT
 from .pipeline import block_grid, sample, upscale_image
 from .sampler import BlockGroupDone, EvaluationDone, SamplingCancelled, evaluations_for, get_sigmas_karras
+from .solvers import SOLVERS
 
 __all__ = [
     "DEMO_MODEL_PATH",
     "BlockGroupDone",
+    "COLOR_FIXES",
     "CheckpointError",
     "EvaluationDone",
     "InfDiT",
     "InfDiTConfig",
     "MemoryEstimate",
+    "SOLVERS",
     "SamplingCancelled",
     "block_grid",
     "choose_block_batch",
@@ -26,5 +31,6 @@ __all__ = [
     "inspect_checkpoint",
     "load_inf_dit",
     "sample",
+    "solvers",
     "upscale_image",
 ]

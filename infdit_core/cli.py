@@ -8,9 +8,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint import DTYPES, CheckpointError
+from .color import COLOR_FIXES
 from .loader import DEMO_MODEL_PATH
 from .plan import output_size
 from .runner import add_arguments as add_batch_arguments
+from .solvers import SOLVERS
 
 UPSCALE_HELP = """Upscale one image, or many with the model loaded once.
 
@@ -57,6 +59,7 @@ def upscale_options(args) -> dict:
         block_batch="auto" if args.block_batch == "auto" else int(args.block_batch),
         scan=args.scan, offload_frontier=args.offload_frontier, compile=args.compile,
         float8_frontier=args.float8_frontier,
+        sampler=args.sampler, denoise=args.denoise, color_fix=args.color_fix,
     )
 
 
@@ -64,6 +67,8 @@ def cmd_upscale(args) -> int:
     from .pipeline import upscale_image
     from .runner import Upscaler, run_upscale
 
+    if not 0 < args.denoise <= 1:  # before any image is read or written
+        raise ValueError(f"denoise must be a number in (0, 1] (1 = start from full noise), got {args.denoise!r}")
     options = upscale_options(args)
     wanted = _wanted_size(args)
 
@@ -148,6 +153,14 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def add_sampling_arguments(p) -> None:
+    p.add_argument("--sampler", choices=SOLVERS, default="heun",
+                   help="ODE solver (default heun, the release's; see the README for the faster ones)")
+    p.add_argument("--color-fix", choices=COLOR_FIXES, default="none",
+                   help="colour correction against the bicubic image: wavelet (its low frequencies), adain "
+                        "(per-channel mean and spread), lab (its colour, the output's lightness); default none")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infdit_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--megapixels", type=float, help="output megapixels (of 1024x1024 pixels), keeping the aspect ratio")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own; 20 for the released model)")
     p.add_argument("--seed", type=int, default=0, help="one image: its seed; several: the base from which each image's seed is derived")
+    add_sampling_arguments(p)
+    p.add_argument("--denoise", type=float, default=1.0,
+                   help="in (0, 1]: below 1 starts later on the noise schedule, staying closer to the bicubic image (default 1)")
     p.add_argument("--block-batch", default="auto", help="blocks per forward: 'auto' or an integer")
     p.add_argument("--scan", choices=("auto", "rows", "columns"), default="auto")
     p.add_argument("--offload-frontier", action="store_true", help="keep cached keys/values in CPU memory")
@@ -197,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of HR images (default: scikit-image's held-out photos)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
     p.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(p)
     p.add_argument("--crop", type=int, default=0, help="evaluate the central crop of this HR size (0 = whole image)")
     p.add_argument("--save", help="folder to write the outputs to")
     p.set_defaults(func=cmd_evaluate)

@@ -36,7 +36,8 @@ class BlockwiseDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, evaluation: int = 0, step: int = 0) -> torch.Tensor:
         model, plan = self.model, self.plan
         bs = model.config.block_size
-        cond = model.condition(sigma.reshape(1).expand(x.shape[0]).to(model.device), self.vector)
+        sigma = torch.as_tensor(sigma)  # one level (0-d), or one per image (B,) as k-diffusion samplers pass
+        cond = model.condition(sigma.reshape(-1).expand(x.shape[0]).to(model.device), self.vector)
         kv = KeyValueStore(len(model.layers), keep=len(plan.groups) > 1, storage_device=self.storage, float8=self.float8)
         out = full_size_like(x, model.device)  # where x lives: the device, or the host for huge outputs
         try:
@@ -48,7 +49,7 @@ class BlockwiseDenoiser:
                 if self.callback is not None:
                     self.callback(
                         BlockGroupDone(
-                            evaluation, self.evaluations, step, self.steps, float(sigma), g, len(plan.groups),
+                            evaluation, self.evaluations, step, self.steps, float(sigma.reshape(-1)[0]), g, len(plan.groups),
                             list(blocks), plan.grid, denoised.transpose(1, 2),
                         )
                     )

@@ -73,7 +73,9 @@ def held_out_images(folder=None, crop: int = 0) -> list[tuple[str, torch.Tensor]
     return images
 
 
-def evaluate_model(model, images, steps: int, seed: int, save=None, log=None) -> list[dict]:
+def evaluate_model(model, images, steps: int, seed: int, save=None, log=None, **sample_kwargs) -> list[dict]:
+    """Bicubic and (if a model is given) the model on each image; sample_kwargs go to upscale_image
+    (sampler, color_fix, denoise, ...)."""
     from .pipeline import upscale_image
 
     rows = []
@@ -83,7 +85,7 @@ def evaluate_model(model, images, steps: int, seed: int, save=None, log=None) ->
         rows.append({"image": name, "method": "bicubic", **measure(bicubic, hr)})
         if model is not None:
             t0 = time.time()
-            out = upscale_image(model, lr.movedim(1, -1), scale=4, steps=steps, seed=seed).movedim(-1, 1)
+            out = upscale_image(model, lr.movedim(1, -1), scale=4, steps=steps, seed=seed, **sample_kwargs).movedim(-1, 1)
             rows.append({"image": name, "method": "model", "seconds": time.time() - t0, **measure(out, hr)})
             if save:
                 _save(save, name, lr, bicubic, out, hr)
@@ -126,7 +128,9 @@ def evaluate(args) -> int:
     images = held_out_images(args.images, args.crop)
     steps = model.config.sampler_steps if args.steps is None else args.steps
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    rows = evaluate_model(model, images, steps, args.seed, args.save, log)
-    print(f"x4 from antialiased-bicubic /4, {len(images)} held-out images, model {Path(model_path).name}, {steps} steps, seed {args.seed}")
+    sampler, color_fix = getattr(args, "sampler", "heun"), getattr(args, "color_fix", "none")
+    rows = evaluate_model(model, images, steps, args.seed, args.save, log, sampler=sampler, color_fix=color_fix)
+    print(f"x4 from antialiased-bicubic /4, {len(images)} held-out images, model {Path(model_path).name}, "
+          f"{sampler} {steps} steps, colour fix {color_fix}, seed {args.seed}")
     print(format_table(rows))
     return 0

@@ -1,4 +1,4 @@
-"""Image in, image out: padding to whole blocks, the upsampled LR, CLIP, noise, Heun, cropping."""
+"""Image in, image out: padding to whole blocks, the upsampled LR, CLIP, noise, the solver, colour fix, cropping."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,15 +6,18 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from . import solvers
 from .clip import clip_vector
+from .color import apply_color_fix, check_color_fix
 from .compiled import compiled
 from .denoiser import BlockwiseDenoiser
 from .memory import choose_block_batch, default_budget, dit_parameters
 from .plan import check_host_memory, model_budget, plan_run
-from .sampler import get_sigmas_karras, sample_heun
+from .sampler import get_sigmas_karras, run_solver
 from .scheduler import plan_blocks
 
 SCALES = (2, 4)
+MAX_SCHEDULE = 100_000  # longest Karras schedule denoise may ask for (steps / denoise)
 
 
 def upsample(image: torch.Tensor, size) -> torch.Tensor:
@@ -78,6 +81,11 @@ def sample(
     compile: bool = False,
     image_device=None,
     float8_frontier: bool = False,
+    sampler="heun",
+    sigmas: torch.Tensor | None = None,
+    denoise: float = 1.0,
+    color_fix: str = "none",
+    evaluations: int | None = None,
 ) -> torch.Tensor:
     """Upscale lr (B, 3, h, w) in [-1, 1] by `scale`; returns (B, 3, scale*h, scale*w) in [-1, 1].
 
@@ -88,10 +96,19 @@ def sample(
     image_device: where the full-size images of the sampler live (None = the model's device; "cpu" for
     outputs too big for the device: only the blocks of each group then go to the device).
     float8_frontier: cached keys/values stored as float8 e4m3 with a per-block scale (opt-in; half
-    the frontier of bf16, see docs/core-api.md for its error)."""
+    the frontier of bf16, see docs/core-api.md for its error).
+    `sampler`: a name in `solvers.SOLVERS` or a k-diffusion-style function (see docs/core-api.md);
+    `sigmas`: the noise levels (then steps = len(sigmas) - 1); `denoise` < 1 starts later on the
+    schedule, as ComfyUI's KSampler does; `color_fix`: "none", "wavelet", "adain" or "lab" against the
+    bicubic image."""
     cfg = model.config
     steps = cfg.sampler_steps if steps is None else steps
+    if sigmas is not None:
+        steps = len(solvers.check_sigmas(sigmas)) - 1
     _check_inputs(model, lr, scale, steps, noise, compile)
+    solver, evaluations = _resolve_sampler(sampler, steps, evaluations)
+    _check_denoise(denoise, sigmas, steps)
+    check_color_fix(color_fix)
     device, bs = model.device, cfg.block_size
     b, _, h, w = lr.shape
     vector = None
@@ -119,16 +136,53 @@ def sample(
     n = _resolve_block_batch(model, block_batch, out_h, out_w, b, scan, offload_frontier, memory_budget)
     plan = plan_blocks(rows, cols, n, scan)
     denoiser = BlockwiseDenoiser(model, u, lr_model, vector, plan, offload_frontier, callback, float8_frontier)
-    sigmas = get_sigmas_karras(steps, cfg.sigma_min, cfg.sigma_max).to(device)
-    denoiser.steps, denoiser.evaluations = steps, 2 * steps - 1
+    if sigmas is None:
+        # denoise < 1: the tail of a longer schedule, as ComfyUI's KSampler (denoise 1: the release's).
+        sigmas = get_sigmas_karras(int(steps / denoise), cfg.sigma_min, cfg.sigma_max)[-(steps + 1):]
+    sigmas = sigmas.detach().to(device=device, dtype=torch.float32)
+    denoiser.steps = steps
+
+    def denoise_fn(x, sigma, evaluation, step):
+        # A callable sampler of unknown cost reports the count so far, in BlockGroupDone too.
+        denoiser.evaluations = evaluations if evaluations is not None else evaluation + 1
+        return denoiser(x, sigma, evaluation, step)
+
     x = u + sigmas[0] * noise  # the release starts from the upsampled LR, not from pure noise
     del noise  # one full-size buffer fewer while sampling
     if device.type == "cpu" and model.device.type == "cuda":  # host-held images: pinned for fast block copies
         x, denoiser.u = x.pin_memory(), u.pin_memory()
         del u
     with compiled(model, enabled=compile):
-        x = sample_heun(denoiser, x, sigmas, callback=callback)
-    return x[:, :, : h * scale, : w * scale]
+        x = run_solver(solver, denoise_fn, x, sigmas, callback, evaluations, extra_args={"seed": seed})
+    u = denoiser.u  # (the pinned copy where the images are held on the host)
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(u.shape):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"the sampler returned {got}, expected a tensor of shape {tuple(u.shape)}")
+    x, u = x[:, :, : h * scale, : w * scale], u[:, :, : h * scale, : w * scale]
+    return apply_color_fix(color_fix, x, u)
+
+
+def _resolve_sampler(sampler, steps: int, evaluations):
+    """(solver function, expected evaluation count or None)."""
+    if evaluations is not None and (isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1):
+        raise ValueError(f"evaluations must be None or an integer >= 1, got {evaluations!r}")
+    if isinstance(sampler, str):
+        solver = solvers.get_solver(sampler)
+        return solver, solvers.evaluations_for(sampler, steps)  # exact: ignore a caller's guess
+    if callable(sampler):
+        return sampler, evaluations
+    raise ValueError(f"sampler must be one of {', '.join(solvers.SOLVERS)} or a k-diffusion-style function, got {sampler!r}")
+
+
+def _check_denoise(denoise, sigmas, steps: int) -> None:
+    if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not 0 < denoise <= 1:
+        raise ValueError(f"denoise must be a number in (0, 1] (1 = start from full noise), got {denoise!r}")
+    if sigmas is None and steps / denoise > MAX_SCHEDULE:
+        raise ValueError(f"denoise {denoise} is too small for {steps} steps (steps / denoise must be at most "
+                         f"{MAX_SCHEDULE}): raise denoise or lower steps")
+    if sigmas is not None and denoise != 1:
+        raise ValueError(f"denoise {denoise} cannot be combined with sigmas: pass only the tail of the sigmas "
+                         "instead (as ComfyUI's SplitSigmas does) and leave denoise at 1")
 
 
 def _resolve_block_batch(model, block_batch, out_h, out_w, batch, scan, offload, budget) -> int:
@@ -155,17 +209,24 @@ def run_plan(model, lr: torch.Tensor, plan, steps: int | None = None, seed: int 
     if kwargs.get("noise") is not None and len(plan.passes) > 1:
         raise ValueError("noise can only be given for a single-pass run (scale 2 or 4)")
     check_host_memory(plan, model.device.type == "cpu")
+    # One native pass: sample() fixes colour against its own bicubic image. Several passes (or a last
+    # resize): fix once at the end, against the bicubic upscale of the original input.
+    color_fix = check_color_fix(kwargs.pop("color_fix", "none"))
+    single = len(plan.passes) == 1 and not plan.resize
     x = lr
     for k, p in enumerate(plan.passes):
         x = sample(
             model, x, scale=p.scale, steps=steps, seed=seed + k, block_batch=p.block_batch, scan=plan.scan,
             offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)),
-            image_device="cpu" if p.images_on_host else None, float8_frontier=plan.float8_frontier, **kwargs,
+            image_device="cpu" if p.images_on_host else None, float8_frontier=plan.float8_frontier,
+            color_fix=color_fix if single else "none", **kwargs,
         )
         if k + 1 < len(plan.passes):
             x = x.clamp(-1, 1)  # the next pass reads an image; its LR must stay in range
     if plan.resize:
         x = upsample(x.float(), plan.out_size).clamp(-1, 1)
+    if not single and color_fix != "none":
+        x = apply_color_fix(color_fix, x, upsample(lr.to(x.device, torch.float32), tuple(x.shape[-2:])).clamp(-1, 1))
     return x
 
 

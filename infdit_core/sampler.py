@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import solvers
+
 
 class SamplingCancelled(Exception):
     """Raise from a callback to stop sampling (any exception does; this one says why)."""
@@ -52,29 +54,51 @@ def get_sigmas_karras(n: int, sigma_min: float = 0.002, sigma_max: float = 40.0,
 
 def evaluations_for(steps: int) -> int:
     """Heun with an Euler last step: 2 evaluations per step but one for the last."""
-    return 2 * steps - 1
+    return solvers.evaluations_for("heun", steps)
+
+
+class CountingModel:
+    """The k-diffusion `model(x, sigma, **ignored)` a solver calls: runs `denoise(x, sigma, evaluation,
+    step)`, counts the evaluations and reports each as an `EvaluationDone`. The step is the number of
+    per-step callbacks so far (`step_done`): exact for the built-in solvers, which report after each
+    step; k-diffusion functions report mid-step, so there a corrector evaluation counts as the next step.
+
+    `evaluations` is the expected total (None = unknown: each event then reports the count so far)."""
+
+    def __init__(self, denoise, steps: int, evaluations: int | None = None, callback=None):
+        self.denoise, self.steps, self.expected, self.callback = denoise, steps, evaluations, callback
+        self.evaluation, self.step = 0, 0
+
+    def total(self) -> int:
+        return self.expected if self.expected is not None else self.evaluation + 1
+
+    def __call__(self, x: torch.Tensor, sigma, **ignored) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma)
+        step = min(self.step, self.steps - 1)
+        out = self.denoise(x, sigma, self.evaluation, step)
+        if self.callback is not None:
+            self.callback(EvaluationDone(self.evaluation, self.total(), step, self.steps, float(sigma.reshape(-1)[0])))
+        self.evaluation += 1
+        return out
+
+    def step_done(self, info: dict) -> None:
+        self.step = int(info["i"]) + 1
+
+
+def run_solver(solver, denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=None, evaluations=None,
+               extra_args=None, step_callback=None) -> torch.Tensor:
+    """Solve from x along `sigmas` with `solver` (a k-diffusion-style function) over `denoise(x, sigma,
+    evaluation, step)`, reporting every network evaluation to `callback`."""
+    model = CountingModel(denoise, len(sigmas) - 1, evaluations, callback)
+
+    def on_step(info):
+        model.step_done(info)
+        if step_callback is not None:
+            step_callback(info)
+
+    return solver(model, x, sigmas, extra_args=extra_args or {}, callback=on_step, disable=True)
 
 
 def sample_heun(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=None) -> torch.Tensor:
-    """Heun's 2nd-order method without churn. denoise(x, sigma, evaluation, step) -> D(x; sigma)."""
-    steps = len(sigmas) - 1
-    total = evaluations_for(steps)
-    evaluation = 0
-
-    def run(x_in, sigma, step):
-        nonlocal evaluation
-        out = denoise(x_in, sigma, evaluation, step)
-        if callback is not None:
-            callback(EvaluationDone(evaluation, total, step, steps, float(sigma)))
-        evaluation += 1
-        return out
-
-    for i in range(steps):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = (x - run(x, sigma, i)) / sigma
-        x_next = x + (sigma_next - sigma) * d
-        if sigma_next > 0:
-            d_next = (x_next - run(x_next, sigma_next, i)) / sigma_next
-            x_next = x + (sigma_next - sigma) * (d + d_next) / 2
-        x = x_next
-    return x
+    """The release's Heun over denoise(x, sigma, evaluation, step) -> D(x; sigma)."""
+    return run_solver(solvers.heun, denoise, x, sigmas, callback, evaluations_for(len(sigmas) - 1))

@@ -116,3 +116,20 @@ def test_float8_frontier_option(tmp_path, model_file, capsys):
     capsys.readouterr()
     assert main(["estimate", "8192", "--budget", "12", "--float8-frontier"]) == 0
     assert "frontier 4.51" in capsys.readouterr().out  # half of bf16's 9.02 GiB
+
+
+def test_upscale_with_sampler_denoise_and_colour_fix(tmp_path, model_file):
+    src = png(tmp_path / "in.png")
+    args = ["upscale", str(src), "--model", str(model_file), "--steps", "2", "--block-batch", "1"]
+    assert main(args + ["-o", str(tmp_path / "a.png"), "--sampler", "dpmpp_2m", "--denoise", "0.5", "--color-fix", "wavelet"]) == 0
+    assert main(args + ["-o", str(tmp_path / "b.png")]) == 0
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "b.png") as b:
+        assert a.size == b.size == (52, 36) and np.asarray(a).tolist() != np.asarray(b).tolist()
+
+
+def test_bad_denoise_is_a_one_line_error_and_writes_nothing(tmp_path, model_file, capsys):
+    src = png(tmp_path / "in.png")
+    assert main(["upscale", str(src), "--model", str(model_file), "--denoise", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "denoise must be a number in (0, 1]" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
