@@ -81,8 +81,9 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
 
 def lab_fix(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Keep the output's lightness (L), take the colour (a, b) from the reference, in CIELAB; images in
-    [-1, 1]. Keeps all the output's detail (which lives mostly in L) and drops its colour noise."""
-    lab_out, lab_ref = rgb_to_lab((out + 1) / 2), rgb_to_lab((reference + 1) / 2)
+    [-1, 1]. Keeps all the output's detail (which lives mostly in L) and drops its colour noise.
+    Both are clamped to [-1, 1] first: CIELAB is defined for displayable colours only."""
+    lab_out, lab_ref = (rgb_to_lab(((x + 1) / 2).clamp(0, 1)) for x in (out, reference))
     fixed = torch.cat([lab_out[:, :1], lab_ref[:, 1:]], 1)
     return lab_to_rgb(fixed) * 2 - 1
 
