@@ -8,6 +8,9 @@ try:
         DEMO_MODEL_PATH, BlockGroupDone, CheckpointError, EvaluationDone, InfDiTConfig, block_grid,
         choose_block_batch, estimate_peak_bytes, evaluations_for, inspect_checkpoint, load_inf_dit, upscale_image,
     )
+    from ..infdit_core.color import COLOR_FIXES  # noqa: F401
+    from ..infdit_core.sampler import get_sigmas_karras  # noqa: F401
+    from ..infdit_core.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
     from ..infdit_core.memory import default_budget, free_device_memory as default_free_memory  # noqa: F401
     from ..infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from ..infdit_core.scheduler import plan_blocks  # noqa: F401
@@ -16,6 +19,9 @@ except ImportError:  # "attempted relative import beyond top-level package": nod
         DEMO_MODEL_PATH, BlockGroupDone, CheckpointError, EvaluationDone, InfDiTConfig, block_grid,
         choose_block_batch, estimate_peak_bytes, evaluations_for, inspect_checkpoint, load_inf_dit, upscale_image,
     )
+    from infdit_core.color import COLOR_FIXES  # noqa: F401
+    from infdit_core.sampler import get_sigmas_karras  # noqa: F401
+    from infdit_core.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
     from infdit_core.memory import default_budget, free_device_memory as default_free_memory  # noqa: F401
     from infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from infdit_core.scheduler import plan_blocks  # noqa: F401

@@ -24,7 +24,8 @@ class BlockTracker:
 
     @property
     def total(self) -> int:
-        return self.evaluations * self.groups
+        # A ComfyUI SAMPLER's evaluation count is an estimate: if it runs longer, the bar grows, never overflows.
+        return max(self.evaluations * self.groups, self.steps_done)
 
     def on_group(self, event) -> dict:
         """Record a BlockGroupDone; returns the message for the browser."""

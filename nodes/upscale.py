@@ -8,8 +8,9 @@ import torch
 
 from . import comfy_adapter as comfy
 from .block_size import GIB, BlockSettings
-from .core import BlockGroupDone, evaluations_for, fallback, parse_target, plan_blocks, plan_run, smallest_fitting, upscale_image
+from .core import BlockGroupDone, fallback, parse_target, plan_blocks, plan_run, smallest_fitting, upscale_image
 from .progress import EVENT, BlockTracker
+from .sampling import COLOR_FIXES, SOLVERS, sampling
 from .spec import Input, NodeResult, NodeSpec, Output
 
 log = logging.getLogger("inf_dit")
@@ -58,7 +59,8 @@ def _oom_message(handle, plan, device) -> str:
 
 
 def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block_control=None, target: str = "",
-            compile: bool = False, node_id=None) -> NodeResult:
+            compile: bool = False, sampler=None, sigmas=None, solver: str = "heun", denoise: float = 1.0,
+            color_fix: str = "none", node_id=None) -> NodeResult:
     handle, settings = model, block_control or BlockSettings()
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[0] < 1 or not 1 <= image.shape[-1] <= 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -66,6 +68,7 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
     b, h, w, _ = image.shape
     cfg = handle.config
     steps = steps or cfg.sampler_steps  # 0 = the model's own
+    how = sampling(cfg, steps, sampler, sigmas, solver, denoise, color_fix)  # bad input fails before any loading
     wanted = parse_target(target) or {"scale": _factor(scale)}
     device = comfy.torch_device()
     clip = handle.model.clip is not None
@@ -80,13 +83,14 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
     minimum = make_plan(1).peak
     net = comfy.load_to_device(handle.patcher, handle.model, minimum.total - minimum.weights)
     plan = make_plan(settings.block_batch, _budget(handle, device, settings))
-    evaluations = evaluations_for(steps)
+    evaluations = how.evaluations
     progress = comfy.Progress(b * _groups(plan) * evaluations, node_id)
     results, retried = [], None
     try:
         for i in range(b):
             comfy.check_interrupted()
-            args = dict(image=image[i:i + 1], steps=steps, seed=(seed + i) % (SEED_MAX + 1), compile=bool(compile))
+            args = dict(image=image[i:i + 1], steps=steps, seed=(seed + i) % (SEED_MAX + 1), compile=bool(compile),
+                        **how.options)
             out, oom = _try(net, args, plan, evaluations, i, b, progress, node_id)
             if oom:
                 retry = fallback(plan, cfg, dtype, clip)
@@ -118,8 +122,6 @@ def _try(net, args, plan, evaluations, image, images, progress, node_id):
     bs = net.config.block_size
     trackers = [BlockTracker(plan_blocks(*p.grid, p.block_batch, plan.scan), *p.out_size, bs, evaluations, image, images)
                 for p in plan.passes]
-    per_image = sum(t.total for t in trackers)
-    before = [image * per_image + sum(t.total for t in trackers[:k]) for k in range(len(trackers))]
 
     def callback(event):
         comfy.check_interrupted()  # Cancel: raises out of the sampler, which frees its caches on the way
@@ -127,7 +129,10 @@ def _try(net, args, plan, evaluations, image, images, progress, node_id):
             k = event.pass_index
             message = trackers[k].on_group(event)
             message.update(run_pass=k, run_passes=len(trackers), scale=plan.passes[k].scale)
-            progress.update(before[k] + message["value"], images * per_image, trackers[k].preview())
+            # totals read now: a ComfyUI sampler's evaluation count is an estimate, a tracker grows if it runs longer
+            per_image = sum(t.total for t in trackers)
+            before = image * per_image + sum(t.total for t in trackers[:k])
+            progress.update(before + message["value"], images * per_image, trackers[k].preview())
             comfy.send_to_browser(EVENT, {"node": node_id, **message})
 
     try:
@@ -151,7 +156,7 @@ def spec() -> NodeSpec:
             Input("scale", "combo", "Upscaling factor. The output is exactly scale x the input size. 2 and 4 are one "
                   "pass of the model; 8 and 16 two passes (x4 then x2 or x4); other factors run the passes that reach "
                   "them, then resize down (antialiased).", default="4", options=SCALE_OPTIONS),
-            Input("steps", "int", "Sampler steps (Heun; 2 x steps - 1 network passes). 0 = the model's own: 20 for "
+            Input("steps", "int", "Sampler steps (network passes: see solver). 0 = the model's own: 20 for "
                   "the released model, 1 for the bundled demo model (its 2-3 step results are broken).",
                   default=0, min=0, max=200, step=1),
             Input("seed", "int", "Noise seed. The same seed, settings and image give the same result on any device.",
@@ -164,6 +169,21 @@ def spec() -> NodeSpec:
             Input("compile", "boolean", "Fuse the model's small operations with torch.compile: faster blocks after a "
                   "first run that spends a minute or more compiling. Where compiling is unavailable it runs as usual "
                   "(one warning in the console).", default=False, optional=True),
+            Input("sampler", "SAMPLER", "Optional ComfyUI sampler (e.g. KSamplerSelect): runs instead of the solver widget, "
+                  "with the node's seed for ancestral/SDE noise. CFG++ samplers do not apply (no guidance).", optional=True),
+            Input("sigmas", "SIGMAS", "Optional noise levels (e.g. KarrasScheduler; the released model uses sigma_max 40, "
+                  "sigma_min 0.002, rho 7). Replaces steps and denoise: their count sets the steps.", optional=True),
+            Input("solver", "combo", "Built-in ODE solver when no sampler is wired. heun = the release (2 x steps - 1 "
+                  "network passes); euler, dpmpp_2m, ipndm, ipndm_v, deis take 1 pass per step, dpm_2 two.",
+                  default="heun", options=SOLVERS, optional=True),
+            Input("denoise", "float", "How much of the noise schedule to run, as KSampler's denoise. 1 = from full noise "
+                  "(the release). Lower starts at a lower noise level: closer to the input, less new detail and less "
+                  "grain, and its shorter stretch needs fewer steps (the steps widget still sets how many run).",
+                  default=1.0, min=0.01, max=1.0, step=0.01, optional=True),
+            Input("color_fix", "combo", "Colour correction of the result against the bicubic-upscaled input: none "
+                  "(the release), wavelet (input's low frequencies, output's detail), adain (per-channel mean and "
+                  "spread), lab (output's lightness, input's colour). Alpha is untouched.",
+                  default="none", options=COLOR_FIXES, optional=True),
         ),
         outputs=(Output("image", "image", "The upscaled images: scale x the input size, or the target size."),),
         run=upscale,

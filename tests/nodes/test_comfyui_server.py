@@ -154,3 +154,182 @@ def test_the_same_runs_from_the_cli(tmp_path, args, name, size):
     assert main(["upscale", str(tmp_path / "photo.png"), *args]) == 0
     with Image.open(tmp_path / name) as out:
         assert out.size == size
+
+
+# ---------------------------------------------------------------- sampling inputs, ComfyUI's samplers
+
+DEMO = "infdit-demo (bundled)"
+NEW_IN_0_2 = ("sampler", "sigmas", "solver", "denoise", "color_fix")  # inputs added after 0.1.0
+
+
+def run_prompt(server, prompt, timeout=600):
+    """Queue an API-format prompt; its /history entry once finished."""
+    prompt_id = http(server + "/prompt", {"prompt": prompt})["prompt_id"]
+    for _ in range(timeout * 4):
+        history = http(server + f"/history/{prompt_id}").get(prompt_id)
+        if history and history["status"].get("completed") is not None:
+            return history
+        time.sleep(0.25)
+    pytest.fail(f"prompt {prompt_id} did not finish within {timeout} s")
+
+
+def images_of(server, history):
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    return [np.asarray(Image.open(BytesIO(http(server + "/view?" + urllib.parse.urlencode(img)))).convert("RGB"))
+            for out in history["outputs"].values() for img in out.get("images", [])]
+
+
+def error_of(history) -> str:
+    for kind, data in history["status"].get("messages", []):
+        if kind == "execution_error":
+            return data["exception_message"].strip()
+    return ""
+
+
+def upscale_graph(model=DEMO, seed=0, sampler=None, karras=None, **widgets):
+    """LoadImage -> Inf-DiT x4 -> PreviewImage, optionally with KSamplerSelect(sampler) and
+    KarrasScheduler(steps, sigma_max, sigma_min, rho)."""
+    upscale = {"model": ["2", 0], "image": ["1", 0], "scale": "4", "steps": 0, "seed": seed, **widgets}
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "infdit-test.png"}},
+        "2": {"class_type": "InfDiTLoader", "inputs": {"model_name": model, "weight_dtype": "fp32", "clip_name": "from checkpoint"}},
+        "3": {"class_type": "InfDiTUpscale", "inputs": upscale},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    if sampler is not None:
+        prompt["5"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
+        upscale["sampler"] = ["5", 0]
+    if karras is not None:
+        steps, sigma_max, sigma_min, rho = karras
+        prompt["6"] = {"class_type": "KarrasScheduler", "inputs": dict(steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho)}
+        upscale["sigmas"] = ["6", 0]
+    return prompt
+
+
+def test_upscale_offers_the_sampling_inputs(server):
+    info = http(server + "/object_info/InfDiTUpscale")["InfDiTUpscale"]["input"]
+    assert list(info["required"]) == ["model", "image", "scale", "steps", "seed"]  # 0.1.0's, unchanged
+    optional = info["optional"]
+    assert [optional[k][0] for k in ("sampler", "sigmas")] == ["SAMPLER", "SIGMAS"]
+    assert optional["solver"][1]["default"] == "heun" and optional["color_fix"][1]["default"] == "none"
+    assert optional["denoise"][1]["default"] == 1.0
+    names = list(optional)
+    assert names.index("block_control") < names.index("sampler") < names.index("sigmas") < names.index("solver")
+
+
+@pytest.mark.parametrize("name", ["load_image_infdit_x4", "infdit_x2_small_gpu"])
+def test_0_1_0_workflows_run_in_comfyui(server, name):
+    """The workflows as 0.1.0 shipped them, sent the way 0.1.0 would (no key for any later input)."""
+    workflow = json.loads((REPO / "tests" / "fixtures" / "workflows-0.1.0" / f"{name}.json").read_text())
+    prompt = to_api(workflow, definitions(http(server + "/object_info")))
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = "infdit-test.png"
+        if node["class_type"] == "InfDiTUpscale":
+            for key in NEW_IN_0_2:
+                node["inputs"].pop(key, None)
+            node["inputs"]["seed"] = int(time.time() * 1000) % 2**31  # ComfyUI caches identical prompts
+    history = run_prompt(server, prompt)
+    assert history["status"]["status_str"] == "success", error_of(history)
+    scale = 2 if "x2" in name else 4
+    assert images_of(server, history)[0].shape == (12 * scale, 16 * scale, 3)
+
+
+def test_comfyui_heun_with_release_karras_sigmas_gives_the_default(server):
+    """ComfyUI's own heun (KSamplerSelect) and KarrasScheduler with the release's settings (the test model
+    has the released sampler config: 20 steps, sigma 40 -> 0.002, rho 7) give exactly the default image."""
+    default = run_prompt(server, upscale_graph(MODEL_NAME, seed=11))
+    wired = run_prompt(server, upscale_graph(MODEL_NAME, seed=11, sampler="heun", karras=(20, 40.0, 0.002, 7.0)))
+    assert default["status"]["status_str"] == "success" and wired["status"]["status_str"] == "success", error_of(wired)
+    (a,), (b,) = images_of(server, default), images_of(server, wired)
+    assert (a == b).all()
+    other = run_prompt(server, upscale_graph(MODEL_NAME, seed=11, sampler="heun", karras=(5, 40.0, 0.002, 7.0)))
+    assert not (images_of(server, other)[0] == a).all()  # the schedule is really used
+
+
+def test_comfyui_heun_matches_bit_for_bit_in_process():
+    """The same in one ComfyUI process, on tensors: comfy.samplers.sampler_object('heun') and comfy's
+    get_sigmas_karras through the node give torch.equal results to the node's default."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(COMFYUI_DIR)!r}); sys.path.insert(0, {str(REPO)!r})
+sys.argv = ["test", "--cpu"]
+import comfy.options; comfy.options.enable_args_parsing()
+import torch, comfy.samplers
+from comfy.k_diffusion.sampling import get_sigmas_karras
+from infdit_core import InfDiT, InfDiTConfig
+from nodes import comfy_adapter, upscale
+from nodes.load import InfDiTHandle
+assert comfy_adapter.COMFY
+torch.manual_seed(0)
+model = InfDiT(InfDiTConfig(layers=1, hidden=64, heads=2, vector_dim=0))
+for p in model.parameters():
+    p.data.normal_(0, 0.05)
+handle = InfDiTHandle(model, "tiny")
+image = torch.rand(1, 40, 24, 3, generator=torch.Generator().manual_seed(1))
+cfg = model.config
+default = upscale.upscale(handle, image, "4", 0, 7).outputs[0]
+sigmas = get_sigmas_karras(cfg.sampler_steps, cfg.sigma_min, cfg.sigma_max, 7.0)
+wired = upscale.upscale(handle, image, "4", 0, 7, sampler=comfy.samplers.sampler_object("heun"), sigmas=sigmas).outputs[0]
+print("EQUAL" if torch.equal(default, wired) else f"DIFFERENT {{(default - wired).abs().max().item()}}")
+"""
+    result = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", script], capture_output=True, text=True,
+                            timeout=600, cwd=COMFYUI_DIR)
+    assert result.stdout.strip().endswith("EQUAL"), result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def comfyui_sampler_names(server):
+    return http(server + "/object_info/KSamplerSelect")["KSamplerSelect"]["input"]["required"]["sampler_name"][1]["options"]
+
+
+SWEEP = (3, 4.0, 0.05, 7.0)  # Karras steps, sigma_max, sigma_min, rho for the demo model in the sampler sweep
+
+
+def test_every_comfyui_sampler(server):
+    """Every name in ComfyUI's sampler list through KSamplerSelect + KarrasScheduler on the bundled demo
+    model: runs and gives a 4x image near the bicubic one, or (CFG++) a one-line error naming it."""
+    import numpy as np
+    from PIL import Image
+
+    source = np.asarray(Image.open(Path(COMFYUI_DIR) / "input" / "infdit-test.png").convert("RGB")).astype(float)
+    names = comfyui_sampler_names(server)
+    assert len(names) >= 40 and "heun" in names and "euler_cfg_pp" in names
+    failures = []
+    for name in names:
+        history = run_prompt(server, upscale_graph(DEMO, seed=len(name), sampler=name, karras=SWEEP))
+        if name.endswith("_cfg_pp"):
+            message = error_of(history)
+            if not (history["status"]["status_str"] == "error" and name in message and "CFG++" in message and "\n" not in message):
+                failures.append(f"{name}: expected the CFG++ error, got {history['status']['status_str']} {message!r}")
+            continue
+        if history["status"]["status_str"] != "success":
+            failures.append(f"{name}: {error_of(history)}")
+            continue
+        (out,) = images_of(server, history)
+        # the test image is one flat colour: a sensible upscale stays near it
+        if out.shape != (48, 64, 3) or np.abs(out.astype(float) - source[0, 0]).mean() > 20:
+            failures.append(f"{name}: shape {out.shape}, mean distance {np.abs(out.astype(float) - source[0, 0]).mean():.1f}")
+    assert not failures, "\n".join(failures)
+
+
+def test_ksampler_karras_workflow_runs(server):
+    workflow = json.loads((REPO / "workflows" / "infdit_x4_ksampler_karras.json").read_text())
+    prompt = to_api(workflow, definitions(http(server + "/object_info")))
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = "infdit-test.png"
+        if node["class_type"] == "InfDiTUpscale":
+            node["inputs"]["seed"] = int(time.time() * 1000) % 2**31
+    history = run_prompt(server, prompt)
+    assert history["status"]["status_str"] == "success", error_of(history)
+    assert images_of(server, history)[0].shape == (48, 64, 3)
+
+
+def test_sigmas_with_denoise_is_a_one_line_error(server):
+    history = run_prompt(server, upscale_graph(DEMO, seed=3, karras=SWEEP, denoise=0.5))
+    assert history["status"]["status_str"] == "error"
+    assert "set denoise to 1" in error_of(history) and "\n" not in error_of(history)

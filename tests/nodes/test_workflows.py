@@ -12,7 +12,17 @@ WORKFLOWS = sorted(FOLDER.glob("*.json"))
 
 def test_all_workflows_ship():
     assert {p.stem for p in WORKFLOWS} == {"sdxl_txt2img_infdit_x4", "load_image_infdit_x4", "infdit_x2_small_gpu",
-                                           "sdxl_poster_x8_24gb", "fit_4k_long_side"}
+                                           "sdxl_poster_x8_24gb", "fit_4k_long_side", "infdit_x4_ksampler_karras"}
+
+
+def test_ksampler_karras_workflow_wires_a_comfyui_sampler_and_schedule():
+    nodes = by_type("infdit_x4_ksampler_karras.json")
+    prompt = to_api(json.loads((FOLDER / "infdit_x4_ksampler_karras.json").read_text()), definitions())
+    ids = {v["class_type"]: k for k, v in prompt.items()}
+    assert nodes["InfDiTUpscale"]["sampler"] == [ids["KSamplerSelect"], 0]
+    assert nodes["InfDiTUpscale"]["sigmas"] == [ids["KarrasScheduler"], 0]
+    assert nodes["InfDiTUpscale"]["denoise"] == 1.0  # required with sigmas wired
+    assert nodes["KarrasScheduler"]["rho"] == 7.0
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
