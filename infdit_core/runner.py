@@ -167,6 +167,7 @@ def _upscale_share(args, ranks, jobs, single, show, upscaler: Upscaler, stats) -
                 with tqdm(unit="group", desc=job.rel, leave=False, disable=not show, file=sys.stderr,
                           dynamic_ncols=True, position=1 if not single else 0) as bar:
                     result = upscaler.upscale(model, image, job.seed, _progress(bar, args.verbose))
+                    bar.refresh()  # draw the finished state even when the image beat tqdm's refresh interval
                 job.output.parent.mkdir(parents=True, exist_ok=True)
                 save_image(result[0], job.output)
             except (ImageReadError, OSError, _out_of_memory()) as e:
