@@ -38,7 +38,10 @@ class BlockwiseDenoiser:
         bs = model.config.block_size
         sigma = torch.as_tensor(sigma)  # one level (0-d), or one per image (B,) as k-diffusion samplers pass
         cond = model.condition(sigma.reshape(-1).expand(x.shape[0]).to(model.device), self.vector)
-        kv = KeyValueStore(len(model.layers), keep=len(plan.groups) > 1, storage_device=self.storage, float8=self.float8)
+        kv = KeyValueStore(
+            len(model.layers), keep=len(plan.groups) > 1, storage_device=self.storage, grid=plan.grid, scan=plan.scan,
+            slots=plan.frontier_span(), float8=self.float8,
+        )
         out = full_size_like(x, model.device)  # where x lives: the device, or the host for huge outputs
         try:
             for g, (blocks, release) in enumerate(zip(plan.groups, plan.release_after)):

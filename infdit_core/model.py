@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KeyValueStore, block_attention, lr_window
+from .attention import KeyValueStore, lr_window
 from .config import BLOCK_TOKENS, LR_WINDOW, InfDiTConfig
 from .layers import (
     affine_norm,
@@ -82,7 +82,7 @@ class InfDiTLayer(nn.Module):
         self.mlp_in = nn.Linear(c, cfg.mlp_ratio * c)
         self.mlp_out = nn.Linear(cfg.mlp_ratio * c, c)
 
-    # The tensor-only stages of a layer, between which the keys/values are gathered. Each takes the layer
+    # The tensor-only stages of a layer, between which the block attention reads the keys/values. Each takes the layer
     # as its first argument, so `torch.compile` of the plain function serves every layer (see compile.py).
     def attention_inputs(self, x, shift, scale, cos, signed_sin):
         """adaLN, q/k/v, the shared q/k norm and the 2-D rotary: q, k, v (B, n, T, h, d).
@@ -215,8 +215,7 @@ class InfDiT(nn.Module):
         for i, layer in enumerate(self.layers):
             shift_a, scale_a, shift_m, scale_m = cond.layer_mods[i]
             q, k, v = stages.attention_inputs(layer, tokens, shift_a, scale_a, cos, signed_sin)
-            k4, v4 = kv.gather(i, blocks, k, v)
-            attn = block_attention(q, k4, v4, self.key_group_embed[i])
+            attn = kv.attend(i, blocks, q, k, v, self.key_group_embed[i])  # reads the frontier in place
             if i == 0:  # layer 0 reads the LR image between its attention and its MLP
                 tokens = tokens + layer.proj(attn)
                 windows = self.lr_cross.windows(lr, blocks)

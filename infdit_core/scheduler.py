@@ -36,6 +36,20 @@ class BlockPlan:
         return peak
 
 
+    def frontier_span(self) -> int:
+        """Ring slots the frontier needs: the widest span of scan positions held at once (stored and
+        not released, plus the group being computed), so a ring indexed by position never overwrites
+        a block that is still read."""
+        live: set[int] = set()
+        position = {blk: p for p, blk in enumerate(blk for group in self.groups for blk in group)}
+        span = 1
+        for group, release in zip(self.groups, self.release_after):
+            live.update(position[blk] for blk in group)
+            span = max(span, max(live) - min(live) + 1)
+            live.difference_update(position[blk] for blk in release)
+        return span
+
+
 def resolve_scan(rows: int, cols: int, scan: str = "auto") -> str:
     if scan not in SCANS:
         raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
