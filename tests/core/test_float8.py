@@ -26,15 +26,15 @@ def test_quantise_round_trip_is_within_half_an_e4m3_step():
 
 
 def test_the_store_keeps_float8_blocks_and_a_scale_each():
-    kv = KeyValueStore(1, keep=True, float8=True)
-    k, v = torch.randn(2, 2, 1024, 2, 16), torch.randn(2, 2, 1024, 2, 16)
-    kv.gather(0, [(0, 0), (0, 1)], k, v)
-    q, scale = kv.layers[0][(0, 1)][0]
-    assert q.dtype == FLOAT8 and q.shape == (2, 1024, 2, 16) and scale.shape == (2,)
-    k2 = torch.randn(2, 1, 1024, 2, 16)
-    k4, _ = kv.gather(0, [(1, 0)], k2, k2)  # its top-left and top neighbour (0, 0) comes back from the store
-    assert k4.dtype == k.dtype and (k4[:, 0, 1] - k[:, 0]).abs().max() <= k.abs().max() / 16
-    assert not torch.equal(k4[:, 0, 1], k[:, 0])  # really rounded to float8
+    kv = KeyValueStore(1, keep=True, grid=(2, 2), scan="rows", slots=4, float8=True)
+    q, k, v = (torch.randn(2, 2, 1024, 2, 16) for _ in range(3))
+    kv.attend(0, [(0, 0), (0, 1)], q, k, v, torch.zeros(4, 2, 16))
+    ring_k, _ = kv.ring[0]
+    scale_k, _ = kv.scales[0]
+    assert ring_k.dtype == FLOAT8 and ring_k.shape == (4, 2, 1024, 2, 16) and scale_k.shape == (4, 2)
+    back = kv._load(0, 0, ring_k, 1, 1)[0]  # block (0, 1) is scan position 1: ring slot 1
+    assert back.dtype == k.dtype and (back - k[:, 1]).abs().max() <= k.abs().max() / 16
+    assert not torch.equal(back, k[:, 1])  # really rounded to float8
 
 
 @pytest.mark.parametrize("offload", [False, True])
