@@ -53,10 +53,12 @@ def attend_key_groups(q, keys, values, group_embed) -> torch.Tensor:
     qt = q.transpose(1, 2)  # (m, h, T, d)
     # q.e_g for every query and group: (m, h, T, 4)
     shift = torch.matmul(qt, group_embed.to(q.dtype).permute(1, 2, 0)[None]).float() * scale
+    # Training: the fused kernels give no gradient through the log-sum-exp, so the groups are copied.
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, *keys, *values, group_embed))
     outs, lses = [], []
     for g in range(4):
-        out, lse = attention_with_lse(qt, keys[g].transpose(1, 2), values[g].transpose(1, 2), scale)
-        if out is None:  # no kernel that returns the log-sum-exp on this device: materialise the groups
+        out, lse = (None, None) if training else attention_with_lse(qt, keys[g].transpose(1, 2), values[g].transpose(1, 2), scale)
+        if out is None:  # no kernel that returns the log-sum-exp (or training): materialise the groups
             k = torch.cat([kg + e.to(kg.dtype) for kg, e in zip(keys, group_embed)], dim=1)
             v = torch.cat(list(values), dim=1)
             return F.scaled_dot_product_attention(qt, k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)

@@ -48,7 +48,9 @@ def evaluation_flops(config: InfDiTConfig, rows: int, cols: int, batch: int = 1)
     lr_pixels = _window_extent(rows, lr_size) * _window_extent(cols, lr_size)
     conv = blocks * patch + batch * 2 * (lr_pixels // 4) * c * 3 * 4
 
-    attention = blocks * (L * 2 * 2 * t * 4 * t * c + 2 * 2 * t * window * c)
+    # QK^T and AV over the four key groups, plus q.e_g of every query with the four group embeddings
+    # (attention.attend_key_groups folds the key embedding into the groups' log-sum-exp)
+    attention = blocks * (L * (2 * 2 * t * 4 * t * c + 2 * t * c * 4) + 2 * 2 * t * window * c)
     return EvaluationFlops(linear, conv, attention)
 
 
