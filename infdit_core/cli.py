@@ -32,9 +32,9 @@ Each process takes its share of the images (one GPU each: cuda:LOCAL_RANK); rank
 
 
 def _dtype(name: str, device: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return DTYPES[name]
+    from .precision import resolve_dtype
+
+    return resolve_dtype(name, device)
 
 
 def load_model(args, device: str):
@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM/sharpness of bicubic and a model on held-out images")
     p.add_argument("--model", help="model to evaluate (default: the bundled demo model)")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                   help="auto: bf16 where the CPU/GPU multiplies bf16 natively, else fp32")
     p.add_argument("--images", help="folder of HR images (default: scikit-image's held-out photos)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
     p.add_argument("--seed", type=int, default=0)

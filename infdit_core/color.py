@@ -38,9 +38,7 @@ def wavelet_fix(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def adain_fix(out: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Per image and channel, move the output's mean and standard deviation onto the reference's."""
-    mean_o, std_o = out.mean((2, 3), keepdim=True), out.std((2, 3), keepdim=True)
-    mean_r, std_r = reference.mean((2, 3), keepdim=True), reference.std((2, 3), keepdim=True)
-    return (out - mean_o) / (std_o + eps) * std_r + mean_r
+    return _adain_with(out, reference, eps)(out, reference)
 
 
 # sRGB (D65) <-> CIELAB, on images in [0, 1].
@@ -88,12 +86,34 @@ def lab_fix(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb(fixed) * 2 - 1
 
 
-def apply_color_fix(name: str, out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """`out` corrected against `reference` (same shape) with the named method, in float32."""
+STRIP_ROWS = 256  # lab and adain are per pixel: done in strips of rows, so no full-size temporaries
+
+
+def apply_color_fix(name: str, out: torch.Tensor, reference: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """`out` corrected against `reference` (same shape) with the named method, in float32.
+
+    in_place=True: a float32 `out` is overwritten, and lab and adain then need no full-size
+    temporary (they work strip by strip), so a huge output costs no more memory than sampling it."""
     check_color_fix(name)
     if name == "none":
         return out
     dtype = out.dtype
-    out, reference = out.float(), reference.float()
-    fixed = {"wavelet": wavelet_fix, "adain": adain_fix, "lab": lab_fix}[name](out, reference)
+    if not (in_place and out.dtype == torch.float32):
+        out = out.float().clone()
+    reference = reference.float()
+    if name == "wavelet":
+        fixed = wavelet_fix(out, reference)
+    else:
+        fix = lab_fix if name == "lab" else _adain_with(out, reference)
+        for r in range(0, out.shape[2], STRIP_ROWS):
+            strip = slice(r, r + STRIP_ROWS)
+            out[:, :, strip] = fix(out[:, :, strip], reference[:, :, strip])
+        fixed = out
     return fixed.to(dtype)
+
+
+def _adain_with(out: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5):
+    """adain_fix as a per-pixel map with the whole images' statistics, for use on strips."""
+    mean_o, std_o = out.mean((2, 3), keepdim=True), out.std((2, 3), keepdim=True)
+    mean_r, std_r = reference.mean((2, 3), keepdim=True), reference.std((2, 3), keepdim=True)
+    return lambda o, r: (o - mean_o) / (std_o + eps) * std_r + mean_r

@@ -15,6 +15,7 @@ from .checkpoint import (
 from .clip import build_clip_visual
 from .config import InfDiTConfig
 from .model import InfDiT
+from .precision import resolve_dtype
 
 # A small model this project trained itself (issue 4), so everything works before the real weights arrive.
 DEMO_MODEL_PATH = Path(__file__).parent / "weights" / "infdit-demo.safetensors"
@@ -34,7 +35,11 @@ def inspect_checkpoint(path) -> InfDiTConfig:
 
 
 def load_inf_dit(path, device="cpu", dtype=torch.float32, clip_path=None) -> InfDiT:
-    """Load an official `.pt` or a converted `.safetensors` strictly; see docs/core-api.md."""
+    """Load an official `.pt` or a converted `.safetensors` strictly; see docs/core-api.md.
+
+    dtype: a torch dtype, "bf16"/"fp16"/"fp32", or "auto" (`precision.auto_dtype`: bf16 where the
+    device multiplies it natively). The default stays float32, the precision of the reference checks."""
+    dtype = resolve_dtype(dtype, device)
     name = Path(path).name
     state, metadata = read_state_dict(path)
     config, model_state, clip_state, unexpected = split_state(path, state, metadata)

@@ -2,7 +2,7 @@
 
 Counts what is alive at the peak of one network evaluation: the weights, the frontier of cached
 keys/values (2 tensors of T x C per block and layer), the activations of one group, and the
-full-size image buffers of the Heun sampler (kept in float32) - on the device, or on the host for
+full-size image buffers of the solver (kept in float32; `image_buffers`) - on the device, or on the host for
 outputs too big for it (then the device holds only the blocks of one group), with an offloaded
 frontier counted on the host too.
 
@@ -23,13 +23,10 @@ from .attention import neighbour_blocks
 from .config import LR_WINDOW, InfDiTConfig
 from .scheduler import BlockPlan, plan_blocks
 
-# Alive at the attention call of a layer: the layer input, q/k/v (3), roped q and k (2), the four
-# gathered key and value groups (8), the keys plus their group embedding (4), the attention output
-# (1) and one more for backends whose (B, h, T, d)-contiguous output is copied by the final reshape.
-_ATTENTION_TENSORS = 1 + 3 + 2 + 8 + 4 + 2
-# Alive when the keys/values are gathered: input, qkv, roped q and k, the gathered groups; the
-# concatenated pools of this group and the cached neighbours come on top (counted per block).
-_GATHER_TENSORS = 1 + 3 + 2 + 8
+# Alive at the attention of a layer: the layer input, q/k/v (3), normed and roped q and k (2), the
+# attention output (1), and per run of blocks the four key groups' partial results (4) and their
+# merged sum (1, float32: counted as 2 in bf16). The key groups themselves are views (attention.py).
+_ATTENTION_TENSORS = 1 + 3 + 2 + 1 + 4 + 1
 # Held across all layers by the forward: the previous layer's normed MLP input, and the layer-0 LR
 # window features (2304 tokens per block, i.e. 2.25 units).
 _CARRIED_TENSORS = 1
@@ -41,7 +38,16 @@ _CROSS_TENSORS = 4
 _MLP_TENSORS = 3 + 2 * 4  # input, normed, modulated, the 4C-wide hidden and its GELU
 # Kernel workspace on top of live tensors (GEMM packing, attention tiles): measured about 0.5 unit.
 _WORKSPACE_TENSORS = 0.5
-_IMAGE_BUFFERS = 8  # x0, u, noise, x, d, x', D, and a temporary: float32, whole padded output size
+# Full-size float32 images (whole padded output) alive at once while sampling: u (the bicubic image),
+# x, what the solver keeps between evaluations and the denoiser's output. The built-in solvers work in
+# place (solvers.py), so this is the fewest each method needs; tests/core/test_image_buffers.py counts
+# them in a real run. heun: x, d, x', D(x'); dpm_2: x, x_mid, D; dpmpp_2m: x, the last D, D; ipndm and
+# ipndm_v: x, 3 past derivatives, D; deis (3rd order): x, 2 past derivatives, D.
+SOLVER_IMAGE_BUFFERS = {"heun": 5, "euler": 3, "dpm_2": 4, "dpmpp_2m": 4, "ipndm": 6, "ipndm_v": 6, "deis": 5}
+EXTERNAL_SAMPLER_BUFFERS = 8  # a sampler function from ComfyUI/k-diffusion: not in place (its heun: 8)
+# After sampling, the colour fix: u, x and the wavelet's blurred copies (lab and adain work in strips).
+COLOR_FIX_BUFFERS = {"none": 2, "wavelet": 5, "adain": 2, "lab": 2}
+DEFAULT_IMAGE_BUFFERS = SOLVER_IMAGE_BUFFERS["heun"]
 CLIP_VISUAL_PARAMS = 303_966_976  # open_clip ViT-L-14 image tower
 
 
@@ -74,6 +80,13 @@ class MemoryEstimate:
         return text + (f" + host {self.host / gb:.2f} GiB" if self.host else "")
 
 
+def image_buffers(sampler="heun", color_fix: str = "none") -> int:
+    """Full-size images a run keeps at its peak: `sampler` a built-in solver's name, or anything else
+    (a wired ComfyUI sampler); the colour fix runs after sampling, so the larger of the two counts."""
+    solver = SOLVER_IMAGE_BUFFERS.get(sampler, EXTERNAL_SAMPLER_BUFFERS) if isinstance(sampler, str) else EXTERNAL_SAMPLER_BUFFERS
+    return max(solver, COLOR_FIX_BUFFERS.get(color_fix, EXTERNAL_SAMPLER_BUFFERS))
+
+
 def dit_parameters(cfg: InfDiTConfig) -> int:
     c, h, d, L = cfg.hidden, cfg.heads, cfg.head_dim, cfg.layers
     p2 = cfg.patch_size**2
@@ -97,12 +110,14 @@ def estimate_peak_bytes(
     include_clip: bool = True,
     images_on_host: bool = False,
     float8_frontier: bool = False,
+    image_buffers: int = DEFAULT_IMAGE_BUFFERS,
 ) -> MemoryEstimate:
     """Predicted peak bytes on the compute device for sampling an output of this size, and on the host.
 
     images_on_host: the sampler's full-size images live on the host and only each group's blocks
     go to the device; an offloaded frontier also counts on the host. float8_frontier: cached keys/values
-    stored as float8 e4m3 (1 byte) with one float32 scale per block, layer, tensor and image."""
+    stored as float8 e4m3 (1 byte) with one float32 scale per block, layer, tensor and image.
+    image_buffers: full-size images the solver and colour fix keep (`image_buffers()`; default: heun)."""
     el = torch.finfo(dtype).bits // 8
     bs = config.block_size
     rows, cols = -(-out_height // bs), -(-out_width // bs)
@@ -115,31 +130,50 @@ def estimate_peak_bytes(
         per_block_kv = 2 * config.layers * (t * c + 4) * batch
     else:
         per_block_kv = 2 * config.layers * t * c * el * batch
-    cached = 0 if len(plan.groups) == 1 else plan.peak_cached_blocks() * per_block_kv
+    # the ring of the frontier: one slot per scan position in the widest span held at once
+    cached = 0 if len(plan.groups) == 1 else plan.frontier_span() * per_block_kv
     frontier = 0 if offload_frontier else cached
     per_block = batch * t * c * el  # one unit for one block
     window = LR_WINDOW**2 / t  # LR-window tokens per block, in units
     carried = (_CARRIED_TENSORS + window) * n
-    attention = _ATTENTION_TENSORS * n + carried
-    gather = _GATHER_TENSORS * n + carried + 2 * (n + _cached_reads(plan))  # k and v pools
+    merged = 2 if el < 4 else 1  # the float32 sum of the four partial results
+    attention = (_ATTENTION_TENSORS + merged - 1) * n + carried
+    if offload_frontier and len(plan.groups) > 1:  # cached key groups fetched: this layer's and the next's
+        attention += 2 * 2 * _cached_group_reads(plan)
     cross = (_CROSS_TENSORS + _CROSS_WINDOW_TENSORS * window) * n
     mlp = _MLP_TENSORS * n + carried
     rope = 2 * n * t * config.head_dim * 4  # cos/sin tables, float32
-    activations = int((max(attention, gather, cross, mlp) + _WORKSPACE_TENSORS * n) * per_block) + rope
-    full_images = _IMAGE_BUFFERS * batch * 3 * rows * bs * cols * bs * 4
+    activations = int((max(attention, cross, mlp) + _WORKSPACE_TENSORS * n) * per_block) + rope
+    full_images = image_buffers * batch * 3 * rows * bs * cols * bs * 4
     group_images = _GROUP_IMAGE_TENSORS * n * batch * 3 * bs * bs * 4
     images = group_images if images_on_host else full_images
     host = (full_images if images_on_host else 0) + (cached if offload_frontier else 0)
     return MemoryEstimate(weights, frontier, activations, images, host)
 
 
-def _cached_reads(plan: BlockPlan) -> int:
-    """Most distinct cached blocks one group reads (its neighbours outside the group)."""
+def _cached_group_reads(plan: BlockPlan) -> int:
+    """Most key groups one group reads from the cache (each fetched on its own when offloaded)."""
     most = 0
     for group in plan.groups:
         inside = set(group)
-        most = max(most, len({nb for blk in group for nb in neighbour_blocks(*blk)} - inside))
+        most = max(most, sum(nb not in inside for blk in group for nb in neighbour_blocks(*blk)))
     return most
+
+
+# The fastest block batch per device kind, measured with benchmarks/speed.py (README, "Speed"):
+# - CPU: one block per group. A block is 1024 tokens, already enough rows for every core's matmuls;
+#   larger groups were never faster by more than noise (AMD Zen 4 here; Intel Xeon with AMX in issue
+#   12) and the whole image at once was 14-43% slower (bigger working sets, larger allocations).
+# - other devices (CUDA): not measured yet (benchmarks/gpu.py times block batch 1..64 on one): the
+#   largest group that fits, which fills the device best and pays the per-group launch cost least.
+FASTEST_BLOCK_BATCH = {"cpu": 1}
+
+
+def fastest_block_batch(device=None) -> int | None:
+    """The block batch measured fastest on this kind of device, or None: the larger the faster."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return FASTEST_BLOCK_BATCH.get(torch.device(device).type)
 
 
 def choose_block_batch(
@@ -154,6 +188,33 @@ def choose_block_batch(
     include_clip: bool = True,
     images_on_host: bool = False,
     float8_frontier: bool = False,
+    device=None,
+    image_buffers: int = DEFAULT_IMAGE_BUFFERS,
+) -> int:
+    """The "auto" block batch: the fastest on `device`'s kind (`fastest_block_batch`; None = the
+    default device: CUDA if present, else CPU) that fits `budget_bytes`, i.e. the smaller of that and
+    `largest_fitting_block_batch`. Always >= 1."""
+    largest = largest_fitting_block_batch(
+        config, out_height, out_width, budget_bytes, dtype, offload_frontier, batch, scan, include_clip,
+        images_on_host, float8_frontier, image_buffers,
+    )
+    fastest = fastest_block_batch(device)
+    return largest if fastest is None else min(fastest, largest)
+
+
+def largest_fitting_block_batch(
+    config: InfDiTConfig,
+    out_height: int,
+    out_width: int,
+    budget_bytes: int,
+    dtype: torch.dtype = torch.bfloat16,
+    offload_frontier: bool = False,
+    batch: int = 1,
+    scan: str = "auto",
+    include_clip: bool = True,
+    images_on_host: bool = False,
+    float8_frontier: bool = False,
+    image_buffers: int = DEFAULT_IMAGE_BUFFERS,
 ) -> int:
     """The largest block batch whose estimate fits `budget_bytes` (1 if none does).
 
@@ -164,7 +225,7 @@ def choose_block_batch(
 
     def fits(n: int) -> bool:
         est = estimate_peak_bytes(config, out_height, out_width, n, dtype, offload_frontier, batch, scan, include_clip,
-                                  images_on_host, float8_frontier)
+                                  images_on_host, float8_frontier, image_buffers)
         return est.total <= budget_bytes
 
     if not fits(lo):

@@ -11,7 +11,7 @@ from .clip import clip_vector
 from .color import apply_color_fix, check_color_fix
 from .compiled import compiled
 from .denoiser import BlockwiseDenoiser
-from .memory import choose_block_batch, default_budget, dit_parameters
+from .memory import DEFAULT_IMAGE_BUFFERS, choose_block_batch, default_budget, dit_parameters, image_buffers
 from .plan import check_host_memory, model_budget, plan_run
 from .sampler import get_sigmas_karras, run_solver
 from .scheduler import plan_blocks
@@ -125,6 +125,7 @@ def sample(
     u = upsample(padded, (out_h, out_w)).clamp(-1, 1)
     lr_model = padded if scale == 4 else upsample(padded, (hp // 2, wp // 2))  # always output / 4
 
+    owned_noise = noise is None
     if noise is None:
         gen = torch.Generator().manual_seed(int(seed))  # CPU generator: same seed, same image on any device
         noise = torch.randn((b, 3, out_h, out_w), generator=gen)
@@ -133,7 +134,8 @@ def sample(
     noise = noise.to(device=device, dtype=torch.float32)
 
     rows, cols = out_h // bs, out_w // bs
-    n = _resolve_block_batch(model, block_batch, out_h, out_w, b, scan, offload_frontier, memory_budget)
+    n = _resolve_block_batch(model, block_batch, out_h, out_w, b, scan, offload_frontier, memory_budget,
+                             image_buffers(sampler, color_fix))
     plan = plan_blocks(rows, cols, n, scan)
     denoiser = BlockwiseDenoiser(model, u, lr_model, vector, plan, offload_frontier, callback, float8_frontier)
     if sigmas is None:
@@ -147,8 +149,10 @@ def sample(
         denoiser.evaluations = evaluations if evaluations is not None else evaluation + 1
         return denoiser(x, sigma, evaluation, step)
 
-    x = u + sigmas[0] * noise  # the release starts from the upsampled LR, not from pure noise
-    del noise  # one full-size buffer fewer while sampling
+    # x = u + sigma_max * noise: the release starts from the upsampled LR, not from pure noise. Written
+    # over the noise (a caller's noise is copied first), the solver then updates it in place.
+    x = noise.mul_(sigmas[0]).add_(u) if owned_noise else u + sigmas[0] * noise
+    del noise
     if device.type == "cpu" and model.device.type == "cuda":  # host-held images: pinned for fast block copies
         x, denoiser.u = x.pin_memory(), u.pin_memory()
         del u
@@ -159,7 +163,7 @@ def sample(
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"the sampler returned {got}, expected a tensor of shape {tuple(u.shape)}")
     x, u = x[:, :, : h * scale, : w * scale], u[:, :, : h * scale, : w * scale]
-    return apply_color_fix(color_fix, x, u)
+    return apply_color_fix(color_fix, x, u, in_place=True)
 
 
 def _resolve_sampler(sampler, steps: int, evaluations):
@@ -185,13 +189,14 @@ def _check_denoise(denoise, sigmas, steps: int) -> None:
                          "instead (as ComfyUI's SplitSigmas does) and leave denoise at 1")
 
 
-def _resolve_block_batch(model, block_batch, out_h, out_w, batch, scan, offload, budget) -> int:
+def _resolve_block_batch(model, block_batch, out_h, out_w, batch, scan, offload, budget, buffers) -> int:
     if block_batch is None or block_batch == "auto":
         if budget is None:
             weights = dit_parameters(model.config) * torch.finfo(model.dtype).bits // 8
             budget = default_budget(model.device) + (weights if model.device.type == "cpu" else 0)
         return choose_block_batch(
-            model.config, out_h, out_w, budget, model.dtype, offload, batch, scan, include_clip=model.clip is not None
+            model.config, out_h, out_w, budget, model.dtype, offload, batch, scan, include_clip=model.clip is not None,
+            device=model.device, image_buffers=buffers,
         )
     if isinstance(block_batch, bool) or not isinstance(block_batch, int) or block_batch < 1:
         raise ValueError(f"block_batch must be 'auto' or an integer >= 1, got {block_batch!r}")
@@ -226,7 +231,8 @@ def run_plan(model, lr: torch.Tensor, plan, steps: int | None = None, seed: int 
     if plan.resize:
         x = upsample(x.float(), plan.out_size).clamp(-1, 1)
     if not single and color_fix != "none":
-        x = apply_color_fix(color_fix, x, upsample(lr.to(x.device, torch.float32), tuple(x.shape[-2:])).clamp(-1, 1))
+        x = apply_color_fix(color_fix, x, upsample(lr.to(x.device, torch.float32), tuple(x.shape[-2:])).clamp(-1, 1),
+                            in_place=True)
     return x
 
 
@@ -238,7 +244,7 @@ def _pass_callback(callback, index: int, passes: int):
 
 def plan_for(model, height: int, width: int, batch: int = 1, scale=None, size=None, long_side=None, megapixels=None,
              block_batch=None, memory_budget=None, offload_frontier=False, scan="auto", images="auto",
-             float8_frontier=False):
+             float8_frontier=False, buffers=DEFAULT_IMAGE_BUFFERS):
     """The RunPlan `upscale_image` follows for this model and input size ("auto" budget: free memory)."""
     block_batch = "auto" if block_batch is None else block_batch
     budget = memory_budget
@@ -248,7 +254,7 @@ def plan_for(model, height: int, width: int, batch: int = 1, scale=None, size=No
         model.config, height, width, scale=scale, size=size, long_side=long_side, megapixels=megapixels,
         block_batch=block_batch, budget=budget, dtype=model.dtype, offload_frontier=offload_frontier, scan=scan,
         include_clip=model.clip is not None, batch=batch, images=images, device=model.device,
-        float8_frontier=float8_frontier,
+        float8_frontier=float8_frontier, image_buffers=buffers,
     )
 
 
@@ -270,7 +276,8 @@ def upscale_image(model, image: torch.Tensor, scale=None, steps: int | None = No
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
     if plan is None:
         plan = plan_for(model, image.shape[1], image.shape[2], image.shape[0], scale, size, long_side, megapixels,
-                        block_batch, memory_budget, offload_frontier, scan, images, float8_frontier)
+                        block_batch, memory_budget, offload_frontier, scan, images, float8_frontier,
+                        image_buffers(kwargs.get("sampler", "heun"), kwargs.get("color_fix", "none")))
     channels = image.shape[-1]
     x = image.float().movedim(-1, 1)  # (B, C, H, W)
     color_channels = 1 if channels <= 2 else 3

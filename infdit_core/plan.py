@@ -16,7 +16,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .memory import MemoryEstimate, choose_block_batch, default_budget, dit_parameters, estimate_peak_bytes, free_device_memory
+from .memory import (
+    DEFAULT_IMAGE_BUFFERS, MemoryEstimate, choose_block_batch, default_budget, dit_parameters, estimate_peak_bytes,
+    free_device_memory,
+)
 
 MAX_FACTOR = 16
 IMAGE_PLACES = ("auto", "device", "host")
@@ -126,6 +129,7 @@ class RunPlan:
     scan: str = "auto"
     batch: int = 1
     float8_frontier: bool = False  # cached keys/values stored as float8 e4m3 with a per-block scale
+    image_buffers: int = DEFAULT_IMAGE_BUFFERS  # full-size images of the solver/colour fix (memory.image_buffers)
 
     @property
     def resize(self) -> bool:
@@ -166,12 +170,15 @@ def plan_run(
     device=None,
     float8_frontier: bool = False,
     native: tuple[int, ...] | None = None,
+    image_buffers: int = DEFAULT_IMAGE_BUFFERS,
 ) -> RunPlan:
-    """Plan a run for an input of height x width. `budget` (bytes) sizes "auto" block batches.
+    """Plan a run for an input of height x width. `budget` (bytes) sizes "auto" block batches, which are
+    the fastest for `device`'s kind that fit (memory.choose_block_batch; None: CUDA if present, else CPU).
 
     images: where the sampler's full-size images live - "device", "host", or "auto": on the host
     when the compute `device` is not the CPU and a pass would not fit `budget` even at block batch 1
-    with them on the device (on a CPU they are the same memory)."""
+    with them on the device (on a CPU they are the same memory). image_buffers: the full-size images
+    the chosen solver and colour fix keep (memory.image_buffers; default: heun, no fix)."""
     if images not in IMAGE_PLACES:
         raise ValueError(f"images must be one of {', '.join(IMAGE_PLACES)}, got {images!r}")
     if isinstance(block_batch, bool) or not (block_batch == "auto" or (isinstance(block_batch, int) and block_batch >= 1)):
@@ -183,11 +190,11 @@ def plan_run(
         on_host = images == "host"
         if images == "auto" and device is not None and torch.device(device).type != "cpu" and budget is not None:
             on_host = _plan_pass(config, s, h, w, 1, None, dtype, offload_frontier, scan, include_clip, batch,
-                                 False, float8_frontier).estimate.total > budget
+                                 False, float8_frontier, device, image_buffers).estimate.total > budget
         passes.append(_plan_pass(config, s, h, w, block_batch, budget, dtype, offload_frontier, scan, include_clip, batch,
-                                 on_host, float8_frontier))
+                                 on_host, float8_frontier, device, image_buffers))
         h, w = h * s, w * s
-    return RunPlan((height, width), out, tuple(passes), offload_frontier, scan, batch, float8_frontier)
+    return RunPlan((height, width), out, tuple(passes), offload_frontier, scan, batch, float8_frontier, image_buffers)
 
 
 def plan_output(config, out_height: int, out_width: int, block_batch="auto", budget: int | None = None,
@@ -202,17 +209,19 @@ def plan_output(config, out_height: int, out_width: int, block_batch="auto", bud
 
 
 def _plan_pass(config, s, h, w, block_batch, budget, dtype, offload, scan, include_clip, batch, on_host,
-               float8=False) -> PassPlan:
+               float8=False, device=None, image_buffers=DEFAULT_IMAGE_BUFFERS) -> PassPlan:
     bs = config.block_size
     grid = (-(-h * s // bs), -(-w * s // bs))
     out_h, out_w = grid[0] * bs, grid[1] * bs
     if block_batch == "auto":
         if budget is None:
             raise ValueError("an 'auto' block batch needs a memory budget")
-        n = choose_block_batch(config, out_h, out_w, budget, dtype, offload, batch, scan, include_clip, on_host, float8)
+        n = choose_block_batch(config, out_h, out_w, budget, dtype, offload, batch, scan, include_clip, on_host, float8, device,
+                               image_buffers)
     else:
         n = block_batch
-    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, offload, batch, scan, include_clip, on_host, float8)
+    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, offload, batch, scan, include_clip, on_host, float8,
+                              image_buffers)
     return PassPlan(s, (h, w), grid, min(n, grid[0] * grid[1]), est, on_host)
 
 
@@ -227,7 +236,7 @@ def fallback(plan: RunPlan, config, dtype=torch.bfloat16, include_clip: bool = T
         return None
     passes = tuple(
         _plan_pass(config, p.scale, *p.in_size, min(p.block_batch, n), None, dtype, offload, plan.scan, include_clip,
-                   plan.batch, p.images_on_host, plan.float8_frontier)
+                   plan.batch, p.images_on_host, plan.float8_frontier, None, plan.image_buffers)
         for p in plan.passes
     )
     return replace(plan, passes=passes, offload_frontier=offload)
@@ -237,9 +246,11 @@ def smallest_fitting(plan: RunPlan, config, free: int, dtype=torch.bfloat16, inc
     """(block batch, device bytes) of the smallest settings for this plan's sizes with the frontier
     offloaded: the largest block batch fitting `free` on every pass, and the peak at block batch 1."""
     fits = min(choose_block_batch(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, free, dtype,
-                                  True, plan.batch, plan.scan, include_clip, p.images_on_host) for p in plan.passes)
+                                  True, plan.batch, plan.scan, include_clip, p.images_on_host,
+                                  image_buffers=plan.image_buffers) for p in plan.passes)
     smallest = max(estimate_peak_bytes(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, 1, dtype,
-                                       True, plan.batch, plan.scan, include_clip, p.images_on_host).total
+                                       True, plan.batch, plan.scan, include_clip, p.images_on_host,
+                                       image_buffers=plan.image_buffers).total
                    for p in plan.passes)
     return fits, smallest
 

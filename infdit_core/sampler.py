@@ -59,14 +59,17 @@ def evaluations_for(steps: int) -> int:
 
 class CountingModel:
     """The k-diffusion `model(x, sigma, **ignored)` a solver calls: runs `denoise(x, sigma, evaluation,
-    step)`, counts the evaluations and reports each as an `EvaluationDone`. The step is the number of
-    per-step callbacks so far (`step_done`): exact for the built-in solvers, which report after each
-    step; k-diffusion functions report mid-step, so there a corrector evaluation counts as the next step.
+    step)`, counts the evaluations and reports each as an `EvaluationDone`.
 
-    `evaluations` is the expected total (None = unknown: each event then reports the count so far)."""
+    The step of an evaluation: `step_of(evaluation)` where the solver's evaluation pattern is known
+    (the built-in solvers); else the number of per-step callbacks so far (`step_done`), which
+    k-diffusion functions make after a step's first evaluation, so there a corrector evaluation
+    counts as the next step. `evaluations` is the expected total (None = unknown: each event then
+    reports the count so far)."""
 
-    def __init__(self, denoise, steps: int, evaluations: int | None = None, callback=None):
+    def __init__(self, denoise, steps: int, evaluations: int | None = None, callback=None, step_of=None):
         self.denoise, self.steps, self.expected, self.callback = denoise, steps, evaluations, callback
+        self.step_of = step_of
         self.evaluation, self.step = 0, 0
 
     def total(self) -> int:
@@ -74,7 +77,7 @@ class CountingModel:
 
     def __call__(self, x: torch.Tensor, sigma, **ignored) -> torch.Tensor:
         sigma = torch.as_tensor(sigma)
-        step = min(self.step, self.steps - 1)
+        step = self.step_of(self.evaluation) if self.step_of is not None else min(self.step, self.steps - 1)
         out = self.denoise(x, sigma, self.evaluation, step)
         if self.callback is not None:
             self.callback(EvaluationDone(self.evaluation, self.total(), step, self.steps, float(sigma.reshape(-1)[0])))
@@ -88,8 +91,13 @@ class CountingModel:
 def run_solver(solver, denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=None, evaluations=None,
                extra_args=None, step_callback=None) -> torch.Tensor:
     """Solve from x along `sigmas` with `solver` (a k-diffusion-style function) over `denoise(x, sigma,
-    evaluation, step)`, reporting every network evaluation to `callback`."""
-    model = CountingModel(denoise, len(sigmas) - 1, evaluations, callback)
+    evaluation, step)`, reporting every network evaluation to `callback`. x is the solver's: the
+    built-in solvers overwrite it."""
+    steps = len(sigmas) - 1
+    name = getattr(solver, "__name__", None)
+    builtin = name in solvers.SOLVERS and getattr(solvers, name) is solver
+    step_of = (lambda e: solvers.step_of(name, e, steps)) if builtin else None
+    model = CountingModel(denoise, steps, evaluations, callback, step_of)
 
     def on_step(info):
         model.step_done(info)

@@ -5,8 +5,8 @@ Every solver has the call shape of k-diffusion's (and so ComfyUI's) samplers:
     solver(model, x, sigmas, extra_args=None, callback=None, disable=None) -> x
 
 `model(x, sigma, **extra_args)` returns the denoised estimate D(x; sigma); `sigmas` is a descending
-1-D tensor ending in 0; `callback(dict(i=, denoised=, x=, sigma=, sigma_hat=))` is called after each
-step. With x not scaled (EDM/VE form) the ODE is dx/dsigma = (x - D(x; sigma)) / sigma.
+1-D tensor ending in 0; `callback(dict(i=, denoised=, x=, sigma=, sigma_hat=))` is called once per
+step, after its first evaluation and before x moves (where k-diffusion calls it). With x not scaled (EDM/VE form) the ODE is dx/dsigma = (x - D(x; sigma)) / sigma.
 
 The names are those users know from ComfyUI/k-diffusion. Each function is written from the method's
 formula; a multistep solver starts at first order and raises its order as derivatives accumulate.
@@ -34,9 +34,37 @@ def get_solver(sampler_name: str):
     return globals()[sampler_name]
 
 
+def step_of(sampler_name: str, evaluation: int, steps: int) -> int:
+    """0-based step that a built-in solver's `evaluation` (0-based) belongs to."""
+    if sampler_name in ("heun", "dpm_2"):
+        return min(evaluation // 2, steps - 1)
+    return min(evaluation, steps - 1)
+
+
 def _report(callback, i, x, sigma, denoised):
+    """k-diffusion's per-step callback: after the step's first evaluation, before x is updated.
+    `denoised` is valid during the call only (it is then turned into the derivative in place)."""
     if callback is not None:
         callback({"i": i, "x": x, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+
+
+# The solvers below update x in place and turn each denoised estimate into its derivative in place,
+# so they hold the fewest full-size images their method needs (memory.IMAGE_BUFFERS counts them; a
+# 16K output is 3 GiB per image in float32). x is the solver's own: callers pass a buffer they give up.
+
+
+def _owned(denoised, x):
+    """The denoiser's output as a buffer the solver may overwrite: a fresh float tensor like x."""
+    if denoised.dtype != x.dtype or denoised.device != x.device:
+        return denoised.to(x)
+    if denoised.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        return denoised.clone()  # a denoiser that returned (a view of) its input
+    return denoised
+
+
+def _derivative_(x, denoised, sigma):
+    """(x - denoised) / sigma, written over `denoised`."""
+    return torch.sub(x, denoised, out=denoised).div_(sigma)
 
 
 def euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -44,25 +72,32 @@ def euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
     extra_args = extra_args or {}
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma, **extra_args)
-        x = x + (sigma_next - sigma) * ((x - denoised) / sigma)
+        denoised = _owned(model(x, sigma, **extra_args), x)
         _report(callback, i, x, sigma, denoised)
+        x.add_(_derivative_(x, denoised, sigma).mul_(sigma_next - sigma))
+        del denoised  # not held through the next evaluation
     return x
 
 
 def heun(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """Heun's 2nd-order method without churn (EDM Algorithm 1), Euler for the last step: the release's."""
+    """Heun's 2nd-order method without churn (EDM Algorithm 1), Euler for the last step: the release's.
+    In place, with the release's operations in the release's order, so bit for bit its result."""
     extra_args = extra_args or {}
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma, **extra_args)
-        d = (x - denoised) / sigma
-        x_next = x + (sigma_next - sigma) * d
-        if sigma_next > 0:
-            d_next = (x_next - model(x_next, sigma_next, **extra_args)) / sigma_next
-            x_next = x + (sigma_next - sigma) * (d + d_next) / 2
-        x = x_next
+        h = sigma_next - sigma
+        denoised = _owned(model(x, sigma, **extra_args), x)
         _report(callback, i, x, sigma, denoised)
+        d = _derivative_(x, denoised, sigma)
+        if sigma_next > 0:
+            x_next = torch.mul(d, h).add_(x)  # x + h d
+            d_next = _derivative_(x_next, _owned(model(x_next, sigma_next, **extra_args), x_next), sigma_next)
+            del x_next
+            x.add_(d.add_(d_next).mul_(h).div_(2))  # x + h (d + d_next) / 2
+            del d_next
+        else:
+            x.add_(d.mul_(h))
+        del denoised, d  # not held through the next evaluation
     return x
 
 
@@ -71,16 +106,16 @@ def dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None):
     extra_args = extra_args or {}
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma, **extra_args)
-        d = (x - denoised) / sigma
+        denoised = _owned(model(x, sigma, **extra_args), x)
+        _report(callback, i, x, sigma, denoised)
+        d = _derivative_(x, denoised, sigma)
         if sigma_next > 0:
             sigma_mid = ((sigma.log() + sigma_next.log()) / 2).exp()
-            x_mid = x + (sigma_mid - sigma) * d
-            d_mid = (x_mid - model(x_mid, sigma_mid, **extra_args)) / sigma_mid
-            x = x + (sigma_next - sigma) * d_mid
-        else:
-            x = x + (sigma_next - sigma) * d
-        _report(callback, i, x, sigma, denoised)
+            x_mid = d.mul_(sigma_mid - sigma).add_(x)  # d is not needed after the midpoint
+            d = _derivative_(x_mid, _owned(model(x_mid, sigma_mid, **extra_args), x_mid), sigma_mid)
+            del x_mid
+        x.add_(d.mul_(sigma_next - sigma))
+        del denoised, d  # not held through the next evaluation
     return x
 
 
@@ -91,19 +126,21 @@ def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma, **extra_args)
-        if sigma_next == 0:
-            x = denoised  # the step to sigma 0 lands on the data estimate
-        else:
-            h = sigma.log() - sigma_next.log()
-            estimate = denoised
-            if old_denoised is not None:
-                r = h_last / h
-                estimate = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (sigma_next / sigma) * x - torch.expm1(-h) * estimate
-            h_last = h
-        old_denoised = denoised
+        denoised = _owned(model(x, sigma, **extra_args), x)
         _report(callback, i, x, sigma, denoised)
+        if sigma_next == 0:
+            return denoised  # the step to sigma 0 lands on the data estimate
+        h = sigma.log() - sigma_next.log()
+        x.mul_(sigma_next / sigma)
+        if old_denoised is None:
+            x.sub_(denoised, alpha=float(torch.expm1(-h)))
+        else:
+            c = float(1 / (2 * (h_last / h)))
+            # (1 + c) denoised - c old, written over the old estimate, which is not needed after
+            estimate = old_denoised.mul_(-c).add_(denoised, alpha=1 + c)
+            x.sub_(estimate, alpha=float(torch.expm1(-h)))
+            del estimate
+        h_last, old_denoised = h, denoised
     return x
 
 
@@ -118,13 +155,14 @@ def ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None):
     history = []  # derivatives of previous steps, newest first
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma, **extra_args)
-        d = (x - denoised) / sigma
-        ds = [d, *history]
-        weights = _AB_EQUAL[len(ds) - 1]
-        x = x + (sigma_next - sigma) * sum(w * dj for w, dj in zip(weights, ds))
-        history = ds[:3]
+        denoised = _owned(model(x, sigma, **extra_args), x)
         _report(callback, i, x, sigma, denoised)
+        ds = [_derivative_(x, denoised, sigma), *history]
+        h = float(sigma_next - sigma)
+        for w, dj in zip(_AB_EQUAL[len(ds) - 1], ds):
+            x.add_(dj, alpha=h * w)
+        history = ds[:3]
+        del denoised, ds, dj  # only the history is held through the next evaluation
     return x
 
 
@@ -150,14 +188,15 @@ def _variable_adams_bashforth(model, x, sigmas, extra_args, callback, max_order)
     history = []  # (sigma, derivative) of previous steps, newest first
     levels = [float(s) for s in sigmas.double()]
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma, **extra_args)
-        d = (x - denoised) / sigma
-        points = [(levels[i], d), *history][:max_order]
-        weights = adams_bashforth_weights([s for s, _ in points], levels[i + 1])
-        x = x + sum(w * dj for w, (_, dj) in zip(weights, points))
-        history = points[: max_order - 1]
+        sigma = sigmas[i]
+        denoised = _owned(model(x, sigma, **extra_args), x)
         _report(callback, i, x, sigma, denoised)
+        points = [(levels[i], _derivative_(x, denoised, sigma)), *history][:max_order]
+        weights = adams_bashforth_weights([s for s, _ in points], levels[i + 1])
+        for w, (_, dj) in zip(weights, points):
+            x.add_(dj, alpha=w)
+        history = points[: max_order - 1]
+        del denoised, points, dj  # only the history is held through the next evaluation
     return x
 
 

@@ -24,7 +24,7 @@ SCANS = ("auto", "rows", "columns")
 class BlockSettings:
     """What travels on an INF_DIT_BLOCKS wire. Defaults = Inf-DiT Upscale without a Block Size Control."""
 
-    block_batch: int | str = "auto"  # blocks per forward pass, or "auto" (largest that fits the budget)
+    block_batch: int | str = "auto"  # blocks per forward pass, or "auto" (the fastest that fits the budget)
     memory_budget: int | None = None  # bytes for "auto"; None = the device's free memory
     offload_frontier: bool = False  # keep cached neighbour keys/values in CPU RAM
     scan: str = "auto"
@@ -38,12 +38,13 @@ class BlockSettings:
         if self.scan not in SCANS:
             raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {self.scan!r}")
 
-    def resolve_block_batch(self, config, out_h: int, out_w: int, dtype, free_bytes: int, include_clip=True) -> int:
+    def resolve_block_batch(self, config, out_h: int, out_w: int, dtype, free_bytes: int, include_clip=True,
+                            device=None) -> int:
         if self.block_batch != "auto":
             return self.block_batch
         budget = self.memory_budget if self.memory_budget is not None else free_bytes
         return choose_block_batch(config, out_h, out_w, budget, dtype, self.offload_frontier, 1, self.scan, include_clip,
-                                  float8_frontier=self.float8_frontier)
+                                  float8_frontier=self.float8_frontier, device=device)
 
     def describe(self) -> str:
         budget = "free memory" if self.memory_budget is None else f"{self.memory_budget / GIB:.1f} GiB"
@@ -121,8 +122,8 @@ def spec() -> NodeSpec:
                     "cached neighbours live, and the scan order. Shows the estimated peak memory on the device and on the "
                     "host (released model, bf16; full-size images go to the host when they would not fit the device).",
         inputs=(
-            Input("block_batch", "int", "Blocks denoised per network pass. 0 = auto: the largest that fits the memory "
-                  "budget. Smaller = less memory, slower.", default=0, min=0, max=4096, step=1),
+            Input("block_batch", "int", "Blocks denoised per network pass. 0 = auto: the fastest that fits the memory "
+                  "budget (CPU: 1; GPU: the largest that fits). Smaller = less memory.", default=0, min=0, max=4096, step=1),
             Input("memory_budget_gb", "float", "Memory auto may use, in GiB. 0 = the free memory of the device "
                   "(after ComfyUI unloads other models).", default=0.0, min=0.0, max=1024.0, step=0.5),
             Input("frontier", "combo", "Where the cached keys/values of finished neighbour blocks live. Offloading to CPU "

@@ -85,12 +85,13 @@ def offload_device() -> torch.device:
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the device does it well, else fp32 (the model was trained in bf16; fp16 may overflow)."""
-    if COMFY:
+    """bf16 where the device does it well, else fp32 (the model was trained in bf16; fp16 may overflow).
+    On a GPU inside ComfyUI its own verdict (which honours its precision flags); else the core's rule."""
+    if COMFY and device.type != "cpu":
         return torch.bfloat16 if _mm.should_use_bf16(device) else torch.float32
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    from .core import auto_dtype as core_auto_dtype
+
+    return core_auto_dtype(device)
 
 
 def free_memory_bytes(device: torch.device) -> int:

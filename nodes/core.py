@@ -11,7 +11,8 @@ try:
     from ..infdit_core.color import COLOR_FIXES  # noqa: F401
     from ..infdit_core.sampler import get_sigmas_karras  # noqa: F401
     from ..infdit_core.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
-    from ..infdit_core.memory import default_budget, free_device_memory as default_free_memory  # noqa: F401
+    from ..infdit_core.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
+    from ..infdit_core.precision import auto_dtype  # noqa: F401
     from ..infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from ..infdit_core.scheduler import plan_blocks  # noqa: F401
 except ImportError:  # "attempted relative import beyond top-level package": nodes/ is top-level
@@ -22,6 +23,7 @@ except ImportError:  # "attempted relative import beyond top-level package": nod
     from infdit_core.color import COLOR_FIXES  # noqa: F401
     from infdit_core.sampler import get_sigmas_karras  # noqa: F401
     from infdit_core.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
-    from infdit_core.memory import default_budget, free_device_memory as default_free_memory  # noqa: F401
+    from infdit_core.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
+    from infdit_core.precision import auto_dtype  # noqa: F401
     from infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from infdit_core.scheduler import plan_blocks  # noqa: F401

@@ -8,7 +8,9 @@ import torch
 
 from . import comfy_adapter as comfy
 from .block_size import GIB, BlockSettings
-from .core import BlockGroupDone, fallback, parse_target, plan_blocks, plan_run, smallest_fitting, upscale_image
+from .core import (
+    BlockGroupDone, fallback, image_buffers, parse_target, plan_blocks, plan_run, smallest_fitting, upscale_image,
+)
 from .progress import EVENT, BlockTracker
 from .sampling import COLOR_FIXES, SOLVERS, sampling
 from .spec import Input, NodeResult, NodeSpec, Output
@@ -77,7 +79,8 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
     def make_plan(block_batch, budget=None):
         return plan_run(cfg, h, w, **wanted, block_batch=block_batch, budget=budget, dtype=dtype,
                         offload_frontier=settings.offload_frontier, scan=settings.scan, include_clip=clip,
-                        float8_frontier=settings.float8_frontier)
+                        float8_frontier=settings.float8_frontier, device=device,
+                        image_buffers=image_buffers(how.options["sampler"], color_fix))
 
     # Make room for the run at block batch 1 at least, then size the batches from what is really free.
     minimum = make_plan(1).peak

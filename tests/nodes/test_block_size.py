@@ -2,6 +2,7 @@
 import pytest
 
 from infdit_core import InfDiTConfig
+from infdit_core.memory import SOLVER_IMAGE_BUFFERS
 from nodes import block_size
 from nodes.block_size import GIB, BlockSettings, estimate
 
@@ -21,10 +22,16 @@ def test_offloading_the_frontier_lowers_the_estimate():
     assert total(BlockSettings(4, offload_frontier=True)) < total(BlockSettings(4))
 
 
-def test_auto_uses_more_blocks_with_a_bigger_budget():
-    chosen = [estimate(BlockSettings(memory_budget=b * GIB), CFG, 4096, 4096)[0] for b in (4, 8, 16, 32, 64)]
+def test_auto_on_a_gpu_uses_more_blocks_with_a_bigger_budget():
+    chosen = [estimate(BlockSettings(memory_budget=b * GIB), CFG, 4096, 4096, device="cuda")[0] for b in (4, 8, 16, 32, 64)]
     assert chosen == sorted(chosen) and chosen[0] < chosen[-1]
-    assert all(total(BlockSettings(memory_budget=b * GIB)) <= b * GIB for b in (16, 32, 64))  # below 9 GiB nothing fits: 1
+    for b in (16, 32, 64):  # below 9 GiB nothing fits: 1
+        assert estimate(BlockSettings(memory_budget=b * GIB), CFG, 4096, 4096, device="cuda")[1].total <= b * GIB
+
+
+def test_auto_on_a_cpu_is_the_fastest_that_fits():
+    chosen = {estimate(BlockSettings(memory_budget=b * GIB), CFG, 4096, 4096, device="cpu")[0] for b in (4, 16, 64)}
+    assert chosen == {1}
 
 
 def test_estimate_grows_with_the_output_size():
@@ -71,7 +78,7 @@ def test_estimate_route_answers_the_frontend():
 
 def test_on_a_gpu_a_huge_output_shows_its_images_on_the_host():
     n, est = estimate(BlockSettings(memory_budget=12 * GIB), CFG, 8192, 8192, device="cuda")
-    assert est.total <= 12 * GIB and est.host >= 8 * 3 * 8192 * 8192 * 4
+    assert est.total <= 12 * GIB and est.host >= SOLVER_IMAGE_BUFFERS["heun"] * 3 * 8192 * 8192 * 4
     n, small = estimate(BlockSettings(memory_budget=12 * GIB), CFG, 1024, 1024, device="cuda")
     assert small.host == 0
 

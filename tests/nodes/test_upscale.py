@@ -54,7 +54,7 @@ def test_block_control_sets_the_block_batch(tiny_handle):
     pic = image(h=40, w=24)  # 160x96 output: a 2x1 grid of 128 px blocks
     assert run(tiny_handle, pic, control=BlockSettings(block_batch=1)).extra["block_batch"] == 1
     assert run(tiny_handle, pic, control=BlockSettings(block_batch=2, scan="rows")).extra["block_batch"] == 2
-    assert run(tiny_handle, pic).extra["block_batch"] == 2  # auto: everything fits a tiny model
+    assert run(tiny_handle, pic).extra["block_batch"] == 1  # auto on a CPU: the fastest that fits, one block
 
 
 def test_progress_and_block_messages_advance_per_group(tiny_handle, monkeypatch):
