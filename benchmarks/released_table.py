@@ -68,7 +68,7 @@ def main() -> None:
         blocks = (s // cfg.block_size) ** 2
         for label, offload in (("frontier on device", False), ("frontier offloaded", True)):
             print(f"{s:5} {'n=1, ' + label:28} {1:5} {fmt(estimate_peak_bytes(cfg, s, s, 1, bf16, offload))}")
-            n = choose_block_batch(cfg, s, s, BUDGET, bf16, offload)
+            n = choose_block_batch(cfg, s, s, BUDGET, bf16, offload, device="cuda")
             est = estimate_peak_bytes(cfg, s, s, n, bf16, offload)
             note = "" if est.total <= BUDGET else "  (does not fit even at n=1)"
             print(f"{s:5} {'auto 24 GB, ' + label:28} {n:5} {fmt(est)}{note}")

@@ -1,18 +1,25 @@
-"""Time of one network evaluation: block scheduler at several block batches vs the whole-image forward.
+"""Time of one network evaluation: the default block batch ("auto") vs fixed block batches and the
+whole-image forward, in float32 and bfloat16; and, with --memory, the peak memory of the default
+against the whole-image forward.
 
 How the figures are obtained
-- One randomly initialised model (default 4 layers, hidden 512, 8 heads, no CLIP, float32) and one
+- One randomly initialised model (default 4 layers, hidden 512, 8 heads, no CLIP) per dtype and one
   input (x, u: 3 x H x W; lr: 3 x H/4 x W/4), under torch.inference_mode(), on CUDA if present.
 - Each repetition times, in turn, the whole-image forward `model(x, sigma, u, lr)` and the scheduler
   `BlockwiseDenoiser(model, u, lr, None, plan_blocks(rows, cols, n))(x, sigma)` for every n; the
   order is the same each repetition, so a slow spell of a shared machine hits all variants alike.
-  The figure per variant is its fastest repetition (the least disturbed one); ratios are
-  scheduler time / whole-image time within this run. One warm-up evaluation precedes the timing.
-- `--profile` adds a torch.profiler table of the slowest scheduler variant (n=1) next to the whole
-  forward: where the time goes by operator (matmuls, attention, the gather/concat of cached
-  keys/values, the per-block LR-window convolution, copies).
+  The figure per variant is its fastest repetition (the least disturbed one); ratios are taken
+  within this run. One warm-up evaluation per dtype precedes the timing.
+- "default" is what `sample(..., block_batch="auto")` would use here: `choose_block_batch` with the
+  device's free memory as the budget (pipeline's rule). When it equals a timed n, that row is its
+  time (the same computation); otherwise it is timed as its own variant.
+- `--memory` measures, with benchmarks/memory.py's method (a fresh subprocess per point, CPU: peak
+  resident set above the level before the call; CUDA: max_memory_allocated), one evaluation of the
+  default block batch and of the whole-image forward at this size, per dtype.
+- `--profile` adds a torch.profiler table of n=1 next to the whole forward.
 
-Run: python benchmarks/speed.py [--height 512 --width 512] [--repeats 2] [--blocks 1,2,4,8,all] [--profile]
+Run: python benchmarks/speed.py [--height 512 --width 512] [--dtypes float32,bfloat16] [--repeats 2]
+                                [--blocks 1,2,4,8,all] [--memory] [--profile]
 """
 from __future__ import annotations
 
@@ -27,14 +34,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infdit_core.config import InfDiTConfig  # noqa: E402
 from infdit_core.denoiser import BlockwiseDenoiser  # noqa: E402
+from infdit_core.memory import choose_block_batch, default_budget, dit_parameters  # noqa: E402
 from infdit_core.model import InfDiT  # noqa: E402
 from infdit_core.scheduler import plan_blocks  # noqa: E402
-from memory import header  # noqa: E402
+from memory import header, run_point  # noqa: E402
+
+MiB = 1024**2
 
 
 def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize()
+
+
+def default_block_batch(cfg, height, width, dtype, dev) -> int:
+    """What sample(block_batch="auto") picks for this model here (pipeline._resolve_block_batch)."""
+    weights = dit_parameters(cfg) * torch.finfo(dtype).bits // 8
+    budget = default_budget(dev) + (weights if dev.type == "cpu" else 0)
+    return choose_block_batch(cfg, height, width, budget, dtype, include_clip=False, device=dev)
+
+
+def build(cfg, dtype, dev):
+    torch.manual_seed(0)
+    model = InfDiT(cfg)
+    model.initialize_weights()
+    for p in model.parameters():  # the init zeroes adaLN and the output layer: make D depend on the network
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.02)
+    return model.to(dev, dtype).eval()
 
 
 def main() -> None:
@@ -44,78 +71,106 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32, bfloat16")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--blocks", default="1,2,4,8,all", help="block batches to time; 'all' = one group of all blocks")
+    ap.add_argument("--no-whole", action="store_true", help="skip the whole-image forward")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--memory", action="store_true", help="also measure the peak memory of default vs whole image")
     ap.add_argument("--profile", action="store_true", help="operator profile of n=1 and the whole forward")
     args = ap.parse_args()
     print(header())
     if args.threads:
-        torch.set_num_threads(args.threads)  # on a shared CPU, fewer threads than cores avoids stalls at OpenMP barriers
+        torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = InfDiTConfig(layers=args.layers, hidden=args.hidden, heads=args.heads, vector_dim=0)
-    model = InfDiT(cfg)
-    model.initialize_weights()
-    for p in model.parameters():  # the init zeroes adaLN and the output layer: make D depend on the network
-        if not p.any():
-            torch.nn.init.normal_(p, std=0.02)
-    model.to(dev, getattr(torch, args.dtype)).eval()
     bs = cfg.block_size
     rows, cols = args.height // bs, args.width // bs
+    torch.manual_seed(1)
     x = torch.randn(1, 3, rows * bs, cols * bs, device=dev)
     u = torch.randn_like(x).clamp(-1, 1)
     lr = torch.randn(1, 3, rows * bs // 4, cols * bs // 4, device=dev).clamp(-1, 1)
     sigma = torch.tensor(1.0, device=dev)
-    ns = [rows * cols if b == "all" else int(b) for b in args.blocks.split(",")]
-    ns = sorted({min(n, rows * cols) for n in ns})
+    fixed = sorted({min(rows * cols if b == "all" else int(b), rows * cols) for b in args.blocks.split(",")})
+    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
 
-    variants = {"whole": lambda: model(x, sigma, u, lr)}
-    for n in ns:
-        den = BlockwiseDenoiser(model, u, lr, None, plan_blocks(rows, cols, n))
-        variants[f"n={n}"] = lambda den=den: den(x, sigma)
+    models, defaults, variants = {}, {}, {}
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        model = models[name] = build(cfg, dtype, dev)
+        defaults[name] = default_block_batch(cfg, rows * bs, cols * bs, dtype, dev)
+        if not args.no_whole:
+            variants[name, "whole"] = lambda model=model: model(x, sigma, u, lr)
+        for n in sorted(set(fixed) | {defaults[name]}):
+            den = BlockwiseDenoiser(model, u, lr, None, plan_blocks(rows, cols, n))
+            variants[name, f"n={n}"] = lambda den=den: den(x, sigma)
 
     times = {k: [] for k in variants}
     with torch.inference_mode():
-        ref = variants["whole"]()  # warm-up, and the reference for a sanity check
-        first = f"n={ns[0]}"
-        print(f"sanity: max |{first} - whole| = {(variants[first]() - ref).abs().max().item():.2e}")
+        for name in models:  # warm-up, and a sanity check of the scheduler against the whole image
+            first = variants[name, f"n={fixed[0]}"]()
+            if not args.no_whole:
+                diff = (first - variants[name, "whole"]()).abs().max().item()
+                print(f"sanity {name}: max |n={fixed[0]} - whole| = {diff:.2e}")
         for rep in range(args.repeats):
-            for name, fn in variants.items():
+            for key, fn in variants.items():
                 sync(dev)
                 t0 = time.perf_counter()
                 fn()
                 sync(dev)
-                times[name].append(time.perf_counter() - t0)
-                print(f"  repeat {rep + 1}: {name:7} {times[name][-1]:7.2f} s", file=sys.stderr, flush=True)
+                times[key].append(time.perf_counter() - t0)
+                print(f"  repeat {rep + 1}: {key[0]:9} {key[1]:7} {times[key][-1]:7.2f} s", file=sys.stderr, flush=True)
 
-    print(f"\nconfig: {args.layers} layers, hidden {args.hidden}, heads {args.heads}, {args.dtype}, device {dev.type}; "
-          f"output {rows * bs}x{cols * bs} = {rows}x{cols} blocks ({rows * cols}); best of {args.repeats}")
-    whole = min(times["whole"])
-    print(f"{'variant':8} {'groups':>6} {'best s':>8} {'all runs s':>22} {'sched/whole':>11}")
-    for name, ts in times.items():
-        groups = 1 if name == "whole" else -(-rows * cols // int(name[2:]))
-        runs = " ".join(f"{t:.2f}" for t in ts)
-        print(f"{name:8} {groups:6d} {min(ts):8.2f} {runs:>22} {min(ts) / whole:11.3f}")
-    # n = all blocks is one group (no frontier): the scheduler's own cost shows at the best n with >1 group
-    multi = [k for k in times if k != "whole" and int(k[2:]) < rows * cols]
-    for label, keys in (("best n", [k for k in times if k != "whole"]), ("best n with > 1 group", multi)):
-        if keys:
-            best = min(keys, key=lambda k: min(times[k]))
-            ratio = min(times[best]) / whole
-            print(f"{label}: {best}, scheduler/whole = {ratio:.3f} ({'within' if ratio <= 1.15 else 'NOT within'} "
-                  f"the 15% target)")
+    threads = torch.get_num_threads()
+    print(f"\nconfig: {args.layers} layers, hidden {args.hidden}, heads {args.heads}, device {dev.type}, "
+          f"{threads} threads; output {rows * bs}x{cols * bs} = {rows}x{cols} blocks ({rows * cols}); "
+          f"best of {args.repeats}")
+    print(f"{'dtype':9} {'variant':8} {'groups':>6} {'best s':>8} {'all runs s':>22} {'vs best fixed':>13}")
+    for name in models:
+        keys = [k for k in times if k[0] == name]
+        best_fixed = min((k for k in keys if k[1] != "whole" and int(k[1][2:]) in fixed), key=lambda k: min(times[k]))
+        best = min(times[best_fixed])
+        for key in keys:
+            groups = 1 if key[1] == "whole" else -(-rows * cols // int(key[1][2:]))
+            runs = " ".join(f"{t:.2f}" for t in times[key])
+            tag = " (default)" if key[1] == f"n={defaults[name]}" else ""
+            print(f"{name:9} {key[1]:8} {groups:6d} {min(times[key]):8.2f} {runs:>22} {min(times[key]) / best:13.3f}{tag}")
+    print()
+    for name in models:
+        keys = [k for k in times if k[0] == name]
+        best_fixed = min((k for k in keys if k[1] != "whole" and int(k[1][2:]) in fixed), key=lambda k: min(times[k]))
+        ratio = min(times[name, f"n={defaults[name]}"]) / min(times[best_fixed])
+        line = (f"{name}: default block batch {defaults[name]}: {ratio:.3f} x the best fixed ({best_fixed[1]}): "
+                f"{'within' if ratio <= 1.10 else 'NOT within'} 10%")
+        if not args.no_whole:
+            line += f"; whole image / default = {min(times[name, 'whole']) / min(times[name, f'n={defaults[name]}']):.2f}"
+        print(line)
+
+    if args.memory:
+        print("\npeak memory of one evaluation above weights and inputs (fresh subprocess per point):")
+        config = dict(layers=args.layers, hidden=args.hidden, heads=args.heads, vector_dim=0)
+        for name in models:
+            got = {}
+            for mode in ("whole", defaults[name]):
+                res = run_point(dict(series="speed", height=rows * bs, width=cols * bs, n=mode, dtype=name, config=config))
+                got[mode] = res.get("measured")
+                if got[mode] is None:
+                    print(f"  {name} {mode}: failed: {res.get('error')}")
+            if all(v is not None for v in got.values()):
+                share = got[defaults[name]] / got["whole"]
+                print(f"  {name}: whole image {got['whole'] / MiB:.0f} MiB, default (n={defaults[name]}) "
+                      f"{got[defaults[name]] / MiB:.0f} MiB = {share:.3f} of it "
+                      f"({'at most' if share <= 1 / 3 else 'MORE than'} a third)")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        for name in ("whole", f"n={ns[0]}"):
+        for key in [k for k in variants if k[1] in ("whole", "n=1")]:
             with torch.inference_mode(), profile(activities=acts) as prof:
-                variants[name]()
-            print(f"\nprofile of {name} (self time by operator, top 15):")
+                variants[key]()
+            print(f"\nprofile of {key[0]} {key[1]} (self time by operator, top 15):")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
 
 
