@@ -160,10 +160,13 @@ def _cached_group_reads(plan: BlockPlan) -> int:
     return most
 
 
-# The fastest block batch per device kind, measured with benchmarks/speed.py (README, "Speed"):
-# - CPU: one block per group. A block is 1024 tokens, already enough rows for every core's matmuls;
-#   larger groups were never faster by more than noise (AMD Zen 4 here; Intel Xeon with AMX in issue
-#   12) and the whole image at once was 14-43% slower (bigger working sets, larger allocations).
+# The fastest block batch per device kind, measured with benchmarks/speed.py (README, "Speed"); a table
+# rather than a calibration at run time because a timing taken on a busy machine misleads (shared CPUs
+# here swing 20-40% between repeats) and calibrating costs whole network evaluations.
+# - CPU: one block per group. A block is 1024 tokens, already enough rows for every core's matmuls, and
+#   a small group's working set stays in cache: n=1 was within 2.5% (fp32) and 3.7% (bf16) of the best
+#   fixed block batch at 512 px on an AMD Zen 4, and 30% faster than the whole image at 1024 px on the
+#   Intel Xeon with AMX of issue 12, with a fraction of the memory.
 # - other devices (CUDA): not measured yet (benchmarks/gpu.py times block batch 1..64 on one): the
 #   largest group that fits, which fills the device best and pays the per-group launch cost least.
 FASTEST_BLOCK_BATCH = {"cpu": 1}

@@ -216,6 +216,7 @@ class InfDiT(nn.Module):
             shift_a, scale_a, shift_m, scale_m = cond.layer_mods[i]
             q, k, v = stages.attention_inputs(layer, tokens, shift_a, scale_a, cos, signed_sin)
             attn = kv.attend(i, blocks, q, k, v, self.key_group_embed[i])  # reads the frontier in place
+            del q, k, v  # stored in the frontier where later groups need them: not held through the MLP
             if i == 0:  # layer 0 reads the LR image between its attention and its MLP
                 tokens = tokens + layer.proj(attn)
                 windows = self.lr_cross.windows(lr, blocks)
