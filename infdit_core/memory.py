@@ -8,8 +8,8 @@ frontier counted on the host too.
 
 The activation counts below are in units of one (B, n, T, C) tensor, read from the code of
 model.py/attention.py and checked against benchmarks/memory.py (4 layers, hidden 512, fp32, CPU
-peak RSS of one evaluation, 256..4096 px: within 6% for the scheduler and the whole-image path;
-released architecture, bf16, n=1, 1024 px: within 2%; see benchmarks/results/).
+peak RSS of one evaluation, 256..4096 px, block batch 1, 4 and the whole image: within 3.3%, with the
+ring frontier; see benchmarks/results/memory_fp32.txt).
 Attention goes through F.scaled_dot_product_attention, whose fused kernels (CPU flash, CUDA
 flash / memory-efficient) never hold the T x 4T score matrix, so no score term is counted.
 """

@@ -6,7 +6,8 @@ Every solver has the call shape of k-diffusion's (and so ComfyUI's) samplers:
 
 `model(x, sigma, **extra_args)` returns the denoised estimate D(x; sigma); `sigmas` is a descending
 1-D tensor ending in 0; `callback(dict(i=, denoised=, x=, sigma=, sigma_hat=))` is called once per
-step, after its first evaluation and before x moves (where k-diffusion calls it). With x not scaled (EDM/VE form) the ODE is dx/dsigma = (x - D(x; sigma)) / sigma.
+step, after its first evaluation and before x moves (where k-diffusion calls it). With x not scaled
+(EDM/VE form) the ODE is dx/dsigma = (x - D(x; sigma)) / sigma.
 
 The names are those users know from ComfyUI/k-diffusion. Each function is written from the method's
 formula; a multistep solver starts at first order and raises its order as derivatives accumulate.
@@ -49,7 +50,7 @@ def _report(callback, i, x, sigma, denoised):
 
 
 # The solvers below update x in place and turn each denoised estimate into its derivative in place,
-# so they hold the fewest full-size images their method needs (memory.IMAGE_BUFFERS counts them; a
+# so they hold the fewest full-size images their method needs (memory.SOLVER_IMAGE_BUFFERS counts them; a
 # 16K output is 3 GiB per image in float32). x is the solver's own: callers pass a buffer they give up.
 
 
