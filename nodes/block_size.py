@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from . import comfy_adapter as comfy
-from .core import InfDiTConfig, choose_block_batch, plan_output
+from .core import InfDiTConfig, plan_output
 from .spec import Input, NodeResult, NodeSpec, Output
 
 GIB = 1024**3
@@ -37,14 +37,6 @@ class BlockSettings:
             raise ValueError(f"memory budget must be positive, got {self.memory_budget!r} bytes")
         if self.scan not in SCANS:
             raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {self.scan!r}")
-
-    def resolve_block_batch(self, config, out_h: int, out_w: int, dtype, free_bytes: int, include_clip=True,
-                            device=None) -> int:
-        if self.block_batch != "auto":
-            return self.block_batch
-        budget = self.memory_budget if self.memory_budget is not None else free_bytes
-        return choose_block_batch(config, out_h, out_w, budget, dtype, self.offload_frontier, 1, self.scan, include_clip,
-                                  float8_frontier=self.float8_frontier, device=device)
 
     def describe(self) -> str:
         budget = "free memory" if self.memory_budget is None else f"{self.memory_budget / GIB:.1f} GiB"
