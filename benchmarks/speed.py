@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infdit_core.config import InfDiTConfig  # noqa: E402
 from infdit_core.denoiser import BlockwiseDenoiser  # noqa: E402
-from infdit_core.memory import choose_block_batch, default_budget, dit_parameters  # noqa: E402
+from infdit_core.memory import choose_block_batch  # noqa: E402
+from infdit_core.plan import model_budget  # noqa: E402
 from infdit_core.model import InfDiT  # noqa: E402
 from infdit_core.scheduler import plan_blocks  # noqa: E402
 from memory import header, run_point  # noqa: E402
@@ -47,11 +48,10 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-def default_block_batch(cfg, height, width, dtype, dev) -> int:
+def default_block_batch(model, height, width) -> int:
     """What sample(block_batch="auto") picks for this model here (pipeline._resolve_block_batch)."""
-    weights = dit_parameters(cfg) * torch.finfo(dtype).bits // 8
-    budget = default_budget(dev) + (weights if dev.type == "cpu" else 0)
-    return choose_block_batch(cfg, height, width, budget, dtype, include_clip=False, device=dev)
+    return choose_block_batch(model.config, height, width, model_budget(model), model.dtype, include_clip=False,
+                              device=model.device)
 
 
 def build(cfg, dtype, dev):
@@ -99,7 +99,7 @@ def main() -> None:
     for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
         model = models[name] = build(cfg, dtype, dev)
-        defaults[name] = default_block_batch(cfg, rows * bs, cols * bs, dtype, dev)
+        defaults[name] = default_block_batch(model, rows * bs, cols * bs)
         if not args.no_whole:
             variants[name, "whole"] = lambda model=model: model(x, sigma, u, lr)
         for n in sorted(set(fixed) | {defaults[name]}):

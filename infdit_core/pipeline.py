@@ -11,7 +11,7 @@ from .clip import clip_vector
 from .color import apply_color_fix, check_color_fix
 from .compiled import compiled
 from .denoiser import BlockwiseDenoiser
-from .memory import DEFAULT_IMAGE_BUFFERS, choose_block_batch, default_budget, dit_parameters, image_buffers
+from .memory import DEFAULT_IMAGE_BUFFERS, choose_block_batch, image_buffers
 from .plan import check_host_memory, model_budget, plan_run
 from .sampler import get_sigmas_karras, run_solver
 from .scheduler import plan_blocks
@@ -192,8 +192,7 @@ def _check_denoise(denoise, sigmas, steps: int) -> None:
 def _resolve_block_batch(model, block_batch, out_h, out_w, batch, scan, offload, budget, buffers) -> int:
     if block_batch is None or block_batch == "auto":
         if budget is None:
-            weights = dit_parameters(model.config) * torch.finfo(model.dtype).bits // 8
-            budget = default_budget(model.device) + (weights if model.device.type == "cpu" else 0)
+            budget = model_budget(model)
         return choose_block_batch(
             model.config, out_h, out_w, budget, model.dtype, offload, batch, scan, include_clip=model.clip is not None,
             device=model.device, image_buffers=buffers,
