@@ -3,6 +3,13 @@
 A query in block (r, c) reads the keys/values of four blocks, in this order:
 self, top-left, left, top. Missing neighbours at the border are clamped into the image (QUIRK of the
 release: the duplicated groups change the softmax, so they are kept).
+
+The four key groups can be attended in three ways, equal up to rounding (`ATTENTION_VARIANTS`):
+- "lse_merge": one fused call per group, each returning its log-sum-exp, merged by those (no copy of
+  a key; the CPU default, bit for bit the release's);
+- "concat": the four groups copied side by side (with their group embedding added) and one fused call
+  over 4T keys (the fewest bytes moved on a GPU: see benchmarks/gpu_model.py; the CUDA default);
+- "cudnn": like "lse_merge" with cuDNN's attention kernel where torch has it.
 """
 from __future__ import annotations
 
@@ -13,15 +20,48 @@ import torch
 import torch.nn.functional as F
 
 from .float8 import FLOAT8, dequantise, quantise
+from .host import pinned_empty
 
 Block = tuple[int, int]
 KEY_GROUPS = ("self", "top_left", "left", "top")
+ATTENTION_VARIANTS = ("auto", "lse_merge", "concat", "cudnn")
+_variant = "auto"
 
 
 def neighbour_blocks(row: int, col: int) -> tuple[Block, Block, Block, Block]:
     """The four key blocks of block (row, col), clamped at the top and left border."""
     up, left = max(row - 1, 0), max(col - 1, 0)
     return (row, col), (up, left), (row, left), (up, col)
+
+
+def reader_blocks(row: int, col: int, rows: int, cols: int) -> tuple[Block, ...]:
+    """The later blocks whose key groups include (row, col): right, below, below-right (inside the grid).
+    With the border clamp these are all: a block's other readers are itself."""
+    return tuple((r, c) for r, c in ((row, col + 1), (row + 1, col), (row + 1, col + 1)) if r < rows and c < cols)
+
+
+def default_variant(device) -> str:
+    """"lse_merge" on the CPU (the release's numbers), "concat" on CUDA (fewest bytes, one longer call)."""
+    return "concat" if torch.device(device).type == "cuda" else "lse_merge"
+
+
+def resolve_variant(variant: str | None, device) -> str:
+    variant = _variant if variant is None else variant
+    if variant not in ATTENTION_VARIANTS:
+        raise ValueError(f"attention variant must be one of {', '.join(ATTENTION_VARIANTS)}, got {variant!r}")
+    return default_variant(device) if variant == "auto" else variant
+
+
+@contextlib.contextmanager
+def attention_variant(variant: str):
+    """Run the block attention with `variant` inside the block (benchmarks/gpu.py A/Bs them)."""
+    global _variant
+    resolve_variant(variant, "cpu")
+    before, _variant = _variant, variant
+    try:
+        yield
+    finally:
+        _variant = before
 
 
 def block_attention(q, k4, v4, group_embed):
@@ -39,66 +79,146 @@ def block_attention(q, k4, v4, group_embed):
     return out.transpose(1, 2).reshape(b, n, t, h * d)
 
 
-def attend_key_groups(q, keys, values, group_embed) -> torch.Tensor:
-    """Attention of m blocks over four key groups given as separate tensors, none of them copied.
+def attend_key_groups(q, keys, values, group_embed, variant: str | None = None) -> torch.Tensor:
+    """Attention of m blocks over four key groups given as separate tensors.
 
     q: (m, T, h, d); keys, values: four (m, T, h, d) tensors (any strides with a contiguous last dim,
     e.g. views into the frontier ring); group_embed: (4, h, d), added to every key of its group.
-    Returns (m, T, h, d) in q's dtype. Each group is attended on its own, returning its log-sum-exp;
-    the embedding adds q.e_g to every score of group g, so it only shifts that group's log-sum-exp,
-    and the softmax over all 4T keys is the lse-weighted sum of the four partial results.
+    Returns (m, T, h, d) (the "concat" variant: a view of (m, h, T, d) memory is avoided, it is
+    laid out as (m, T, h, d)). With "lse_merge"/"cudnn" each group is attended on its own, returning
+    its log-sum-exp; the embedding adds q.e_g to every score of group g, so it only shifts that group's
+    log-sum-exp, and the softmax over all 4T keys is the lse-weighted sum of the four partial results.
     """
+    # Training: the fused kernels give no gradient through the log-sum-exp, so the groups are copied.
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, *keys, *values, group_embed))
+    if training:
+        k = torch.cat([kg + e.to(kg.dtype) for kg, e in zip(keys, group_embed)], dim=1)
+        v = torch.cat(list(values), dim=1)
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    variant = resolve_variant(variant, q.device)
+    if variant == "concat":
+        return _attend_concatenated(q, keys, values, group_embed)
     d = q.shape[-1]
     scale = d**-0.5
     qt = q.transpose(1, 2)  # (m, h, T, d)
-    # q.e_g for every query and group: (m, h, T, 4)
-    shift = torch.matmul(qt, group_embed.to(q.dtype).permute(1, 2, 0)[None]).float() * scale
-    # Training: the fused kernels give no gradient through the log-sum-exp, so the groups are copied.
-    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, *keys, *values, group_embed))
     outs, lses = [], []
     for g in range(4):
-        out, lse = (None, None) if training else attention_with_lse(qt, keys[g].transpose(1, 2), values[g].transpose(1, 2), scale)
-        if out is None:  # no kernel that returns the log-sum-exp (or training): materialise the groups
-            k = torch.cat([kg + e.to(kg.dtype) for kg, e in zip(keys, group_embed)], dim=1)
-            v = torch.cat(list(values), dim=1)
-            return F.scaled_dot_product_attention(qt, k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        out, lse = attention_with_lse(qt, keys[g].transpose(1, 2), values[g].transpose(1, 2), scale,
+                                      cudnn=variant == "cudnn")
+        if out is None:  # no kernel on this device returns the log-sum-exp: one call over the copied groups
+            return _attend_concatenated(q, keys, values, group_embed)
         outs.append(out)
-        lses.append(lse + shift[..., g])
-    weights = torch.softmax(torch.stack(lses), dim=0).unsqueeze(-1)  # (4, m, h, T, 1), float32
+        lses.append(lse)
+    # q.e_g for every query and group: (m, h, T, 4)
+    shift = torch.matmul(qt, group_embed.to(q.dtype).permute(1, 2, 0)[None]).float() * scale
+    lses = torch.stack(lses).add_(shift.permute(3, 0, 1, 2))
+    weights = torch.softmax(lses, dim=0).unsqueeze(-1)  # (4, m, h, T, 1), float32
     acc = outs[0].float().mul_(weights[0]) if q.dtype != torch.float32 else outs[0].mul_(weights[0])
     for g in range(1, 4):
         acc.addcmul_(outs[g], weights[g])
     return acc.transpose(1, 2)  # (m, T, h, d), converted to q's dtype by the caller's copy
 
 
-_NO_LSE: set = set()  # (device type, dtype) pairs whose attention returned no log-sum-exp
+def _attend_concatenated(q, keys, values, group_embed) -> torch.Tensor:
+    """The four groups written side by side into one (m, 4T, h, d) key and value buffer (the embedding
+    added on the way), then one attention call over all 4T keys."""
+    m, t, h, d = q.shape
+    k = q.new_empty(m, 4 * t, h, d)
+    v = q.new_empty(m, 4 * t, h, d)
+    for g in range(4):
+        torch.add(keys[g], group_embed[g].to(q.dtype), out=k[:, g * t:(g + 1) * t])
+        v[:, g * t:(g + 1) * t].copy_(values[g])
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
 
-def attention_with_lse(q, k, v, scale):
+# Per (device with its index, dtype): the first log-sum-exp kernel that ran, or "concat" when none did.
+# A kernel that refuses is not tried again on that device and dtype; other GPUs of the machine keep theirs.
+_CHOSEN: dict = {}
+
+
+def lse_kernels(device, dtype, cudnn: bool = False) -> tuple[str, ...]:
+    """The log-sum-exp kernels worth trying, best first. CUDA: flash (fp16/bf16 on sm80+), then the
+    memory-efficient kernel (fp16/fp32 on sm50+, bf16 on sm80+); "cudnn" first where asked for."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return ("flash_cpu",)
+    if device.type != "cuda":
+        return ()
+    native = native_bf16(device)
+    kernels = ["cudnn"] if cudnn and native and dtype != torch.float32 else []
+    if dtype == torch.float16 or (dtype == torch.bfloat16 and native):
+        if native:
+            kernels.append("flash")
+        kernels.append("efficient")
+    elif dtype == torch.float32:
+        kernels.append("efficient")
+    return tuple(kernels)
+
+
+def capability(device) -> tuple[int, int] | None:
+    """CUDA compute capability of this device (its own index), None when it cannot be read (no driver:
+    planning for a GPU from a machine without one assumes a current card)."""
+    try:
+        return tuple(torch.cuda.get_device_capability(torch.device(device)))
+    except (RuntimeError, AssertionError, AttributeError):
+        return None
+
+
+def native_bf16(device) -> bool:
+    """bf16 multiplied natively (compute capability 8.0+) on this CUDA device; unknown counts as yes."""
+    cap = capability(device)
+    return cap is None or cap >= (8, 0)
+
+
+def chosen_kernel(device, dtype, cudnn: bool = False) -> str:
+    """The kernel the attention uses (or will first try) on this device and dtype, "concat" if none."""
+    key = (str(torch.device(device)), dtype, cudnn)
+    if key in _CHOSEN:
+        return _CHOSEN[key]
+    kernels = lse_kernels(device, dtype, cudnn)
+    return kernels[0] if kernels else "concat"
+
+
+def _run_kernel(name, q, k, v, scale):
+    if name == "flash_cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
+        return out, lse
+    if name == "flash":
+        res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scale)
+    elif name == "efficient":  # its log-sum-exp is padded to a multiple of 32 queries
+        res = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, scale=scale)
+    else:  # cudnn
+        res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, scale=scale)
+    lse = res[1]
+    if lse.dim() == 4:  # cuDNN: (N, h, Tq, 1)
+        lse = lse.squeeze(-1)
+    return res[0], lse[..., : q.shape[-2]]
+
+
+def attention_with_lse(q, k, v, scale, cudnn: bool = False):
     """Scaled dot-product attention that also returns the log-sum-exp of the scores, or (None, None).
 
-    q: (N, h, Tq, d), k, v: (N, h, Tk, d) -> (N, h, Tq, d), (N, h, Tq) float32. Uses the fused
-    kernels behind F.scaled_dot_product_attention (never the Tq x Tk score matrix); they are
-    private torch ops, so any device or version without them falls back (once noted) to None.
-    """
-    key = (q.device.type, q.dtype)
-    if key in _NO_LSE:
-        return None, None
-    try:
-        if q.device.type == "cpu":
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
-            return out, lse.float()
-        if q.device.type == "cuda":
-            if q.dtype in (torch.float16, torch.bfloat16):
-                res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scale)
-            else:  # flash has no float32 kernel: the memory-efficient one (its lse may be padded)
-                res = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, scale=scale)
-            return res[0], res[1][..., : q.shape[-2]].float()
-    except torch.OutOfMemoryError:
-        raise
-    except (RuntimeError, AttributeError, NotImplementedError) as e:
-        warnings.warn(f"no log-sum-exp attention kernel for {key}: the four key groups are copied ({e})")
-    _NO_LSE.add(key)
+    q: (N, h, Tq, d), k, v: (N, h, Tk, d) -> (N, h, Tq, d), (N, h, Tq) float32. Uses the fused kernels
+    behind F.scaled_dot_product_attention (never the Tq x Tk score matrix), one step down at a time
+    (`lse_kernels`): a kernel that fails is noted once and the next is tried; (None, None) when none
+    is left (the caller then copies the groups and makes one call)."""
+    key = (str(q.device), q.dtype, cudnn)
+    kernels = lse_kernels(q.device, q.dtype, cudnn)
+    if key in _CHOSEN:
+        if _CHOSEN[key] == "concat":
+            return None, None
+        kernels = kernels[kernels.index(_CHOSEN[key]):]
+    for name in kernels:
+        try:
+            out, lse = _run_kernel(name, q, k, v, scale)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, AttributeError, NotImplementedError) as e:
+            warnings.warn(f"attention kernel {name} unavailable for {key[:2]}; trying the next ({e})")
+            continue
+        _CHOSEN[key] = name
+        return out, lse.float()
+    _CHOSEN[key] = "concat"
     return None, None
 
 
@@ -108,17 +228,20 @@ class KeyValueStore:
     `attend(layer, blocks, q, k, v, group_embed)` is the block attention of one group of blocks.
     Its blocks are cut into runs whose four key groups (self, top-left, left, top) are each one
     strided view, into the group's own k/v or into the frontier ring (blocks stored by earlier
-    groups); `attend_key_groups` attends over them without stacking, concatenating or indexing.
+    groups).
 
-    With `keep=True` every group's keys/values are written into the ring: per layer a preallocated
-    (slots, B, T, h, d) tensor, the block at scan position p in slot p % slots; `slots` (the plan's
-    `frontier_span()`) is large enough that no block still read is overwritten. A `storage_device`
-    other than the compute device offloads the ring (pinned memory when computing on CUDA): blocks go
-    out and the cached runs a group reads come back with non-blocking copies on a side stream, the
-    next layer's fetched while this one computes. `release` drops blocks no later group reads (they
-    stop counting; their slots are reused). The whole-image forward is one group with `keep=False`.
+    With `keep=True`, after a group's attention in a layer, its blocks that a later group reads (a
+    reader right, below or below-right of it outside the group) are written into the ring: per layer a
+    preallocated (slots, B, T, h, d) tensor, the block at scan position p in slot p % slots. Reading
+    before writing lets a block take the slot of one this group read for the last time, so `slots`
+    (the plan's `frontier_span()`) only has to separate the blocks kept after each group. A
+    `storage_device` other than the compute device offloads the ring (pinned memory when computing on
+    CUDA): blocks go out, and each span of slots a group reads comes back once per layer, with
+    non-blocking copies on a side stream; the next layer's spans are fetched while this one computes
+    and the compute stream waits only for that fetch (an event). `release` drops blocks no later group
+    reads. The whole-image forward is one group with `keep=False`.
 
-    `storage_dtype` is the ring's dtype (default: the keys'); `_store`/`_load` are the one place
+    `storage_dtype` is the ring's dtype (default: the keys'); `_encode`/`_decode` are the one place
     where blocks are converted on the way in and out.
     """
 
@@ -132,10 +255,11 @@ class KeyValueStore:
         self.float8 = float8  # ring as float8 e4m3 with one scale per slot and batch item (float8.py)
         self.scales: list = [None] * layers  # float8: per layer (key scales, value scales), (slots, B)
         self.live: set[int] = set()  # scan positions written and not yet released
+        self.done: set[int] = set()  # scan positions of every group computed so far (and the current one)
         self.ring: list = [None] * layers  # per layer: (keys, values), each (slots, B, T, h, d)
-        self._group = None  # (blocks, {position: index in group}, runs) of the group being computed
+        self._group = None  # (blocks, {position: index in group}, runs, [(position, index) to write]) of the group
         self._compute_device = None
-        self._staged: dict = {}  # offloaded: layer -> fetched cached runs
+        self._staged: dict = {}  # offloaded: layer -> (fetched spans per run, event)
         self._stream = None  # offloaded on CUDA: the side stream of all copies
 
     # --- where blocks are --------------------------------------------------------------------------
@@ -169,7 +293,14 @@ class KeyValueStore:
                     runs[-1] = (start, length + 1, first)  # every key group continues in one stride
                     continue
             runs.append((i, 1, sources))
-        self._group = (blocks, index, runs)
+        kept = []
+        if self.keep:
+            rows, cols = self.grid
+            self.done.update(index)
+            kept = sorted(((self._position(blk), i) for i, blk in enumerate(blocks)
+                           if any(self._position(rd) not in self.done for rd in reader_blocks(*blk, rows, cols))),
+                          key=lambda item: item[1])
+        self._group = (blocks, index, runs, kept)
         self._staged.clear()
         return runs
 
@@ -184,13 +315,15 @@ class KeyValueStore:
         blocks = list(blocks)
         self._compute_device = q.device
         runs = self._runs(blocks)
-        if self.keep:
-            self._write(layer, k, v)
         cached = self._cached_runs(layer, runs)
         if self.offloaded and layer + 1 < self.layers:
             self._staged[layer + 1] = self._fetch(layer + 1, runs)  # in flight while this layer computes
         b, n, t, h, d = q.shape
-        out = q.new_empty(b, n, t, h * d)
+        if b == 1 and len(runs) == 1 and all(s == "group" for s, _ in runs[0][2]) and resolve_variant(
+                None, q.device) == "concat":
+            out = None  # one run over the group's own blocks: the attention's output is the result
+        else:
+            out = q.new_empty(b, n, t, h * d)
         for bi in range(b):
             for ri, (start, length, sources) in enumerate(runs):
                 keys, values = [], []
@@ -203,42 +336,71 @@ class KeyValueStore:
                         keys.append(ks[:, bi])
                         values.append(vs[:, bi])
                 merged = attend_key_groups(q[bi, start:start + length], keys, values, group_embed)
-                out[bi, start:start + length].view(length, t, h, d).copy_(merged)
+                if out is None:
+                    out = merged.reshape(1, n, t, h * d)
+                else:
+                    out[bi, start:start + length].view(length, t, h, d).copy_(merged)
+        if self.keep:
+            self._write(layer, k, v)  # after the reads: a block may take the slot of one read for the last time
         return out
+
+    def _spans(self, runs):
+        """The ring slots a group reads, as merged spans [(first slot, length)], and for every run and
+        key group from the ring: (span index, offset in it, length)."""
+        wanted = sorted({(s, length) for _, length, sources in runs for source, s in sources if source == "ring"})
+        spans: list[list[int]] = []
+        for s, length in wanted:
+            if spans and s <= spans[-1][0] + spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], s + length - spans[-1][0])
+            else:
+                spans.append([s, length])
+        where = []
+        for _, length, sources in runs:
+            per_group = {}
+            for g, (source, s) in enumerate(sources):
+                if source == "ring":
+                    i = next(j for j, (a, m) in enumerate(spans) if a <= s and s + length <= a + m)
+                    per_group[g] = (i, s - spans[i][0], length)
+            where.append(per_group)
+        return spans, where
 
     def _cached_runs(self, layer: int, runs):
         """Per run and key group from the ring: (keys, values) (length, B, T, h, d) on the compute device."""
         if not self.offloaded:
-            ring_k, ring_v = self.ring[layer] if self.ring[layer] is not None else (None, None)
-            return [
-                {g: (self._load(layer, 0, ring_k, s, length), self._load(layer, 1, ring_v, s, length))
-                 for g, (source, s) in enumerate(sources) if source == "ring"}
-                for _, length, sources in runs
-            ]
+            if self.ring[layer] is None:
+                return [{} for _ in runs]
+            spans, where = self._spans(runs)
+            read = [tuple(self._load(layer, which, self.ring[layer][which], a, m) for which in (0, 1)) for a, m in spans]
+            return self._views(read, where)
         staged = self._staged.pop(layer, None)
         if staged is None:
             staged = self._fetch(layer, runs)
-        if self._stream is not None:
-            torch.cuda.current_stream(self._compute_device).wait_stream(self._stream)
-        return staged
-
-    def _fetch(self, layer: int, runs):
-        """Copy the ring slots a group reads to the compute device (non-blocking, on the side stream)."""
-        if self.ring[layer] is None:  # the first group: nothing cached yet
-            return [{} for _ in runs]
-        ring_k, ring_v = self.ring[layer]
-        fetched = []
-        with self._copy_stream():
-            for _, length, sources in runs:
-                per_group = {}
-                for g, (source, s) in enumerate(sources):
-                    if source == "ring":
-                        per_group[g] = (self._bring(layer, 0, ring_k, s, length), self._bring(layer, 1, ring_v, s, length))
-                fetched.append(per_group)
+        fetched, event = staged
+        if event is not None:
+            torch.cuda.current_stream(self._compute_device).wait_event(event)  # this fetch only, not the writes
         return fetched
 
-    def _bring(self, layer, which, ring, s, length) -> torch.Tensor:
-        t = ring[s:s + length]
+    @staticmethod
+    def _views(read, where):
+        return [{g: tuple(t[off:off + length] for t in read[i]) for g, (i, off, length) in per_group.items()}
+                for per_group in where]
+
+    def _fetch(self, layer: int, runs):
+        """Copy each span of ring slots the group reads to the compute device once (non-blocking, on the side
+        stream); returns (views per run and key group, the event the compute waits for, or None)."""
+        if self.ring[layer] is None:  # the first group: nothing cached yet
+            return [{} for _ in runs], None
+        spans, where = self._spans(runs)
+        event = None
+        with self._copy_stream():
+            read = [tuple(self._bring(layer, which, a, m) for which in (0, 1)) for a, m in spans]
+            if self._stream is not None:
+                event = torch.cuda.Event()
+                event.record(self._stream)
+        return self._views(read, where), event
+
+    def _bring(self, layer, which, s, length) -> torch.Tensor:
+        t = self.ring[layer][which][s:s + length]
         out = torch.empty(t.shape, dtype=t.dtype, device=self._compute_device)
         out.copy_(t, non_blocking=True)
         scale = None
@@ -247,21 +409,23 @@ class KeyValueStore:
         return self._decode(out, scale)
 
     def _write(self, layer: int, k, v) -> None:
-        """Store the group's keys/values (B, n, T, h, d) in their ring slots: contiguous runs, one copy."""
-        blocks, index, _ = self._group
+        """Store the group's blocks that later groups read (B, n, T, h, d) in their ring slots: contiguous
+        runs, one copy each. The rest is never written."""
+        _, _, _, kept = self._group
+        if not kept:
+            return
         if self.ring[layer] is None:
             self._allocate(layer, k)
         if layer == 0:
-            self._claim(index)
+            self._claim([p for p, _ in kept])
         ring_k, ring_v = self.ring[layer]
-        order = sorted(index.items(), key=lambda item: item[1])  # (position, group index) by index
         i = 0
-        while i < len(order):
+        while i < len(kept):
             j = i
-            while j + 1 < len(order) and order[j + 1][0] % self.slots == order[j][0] % self.slots + 1 \
-                    and order[j + 1][1] == order[j][1] + 1:
+            while j + 1 < len(kept) and kept[j + 1][0] % self.slots == kept[j][0] % self.slots + 1 \
+                    and kept[j + 1][1] == kept[j][1] + 1:
                 j += 1
-            s, g0, m = order[i][0] % self.slots, order[i][1], j - i + 1
+            s, g0, m = kept[i][0] % self.slots, kept[i][1], j - i + 1
             with self._copy_stream(after_compute=True, sources=(k, v)):
                 for which, (ring, t) in enumerate(((ring_k, k), (ring_v, v))):
                     block, scale = self._encode(t[:, g0:g0 + m].transpose(0, 1))
@@ -270,12 +434,24 @@ class KeyValueStore:
                         self.scales[layer][which][s:s + m].copy_(scale, non_blocking=True)
             i = j + 1
 
-    def _claim(self, index) -> None:
-        for p in index:
-            for other in self.live:
-                if other != p and other % self.slots == p % self.slots:
-                    raise RuntimeError(f"frontier ring of {self.slots} slots is too small: block {p} would overwrite {other}")
-        self.live.update(index)
+    def _claim(self, positions) -> None:
+        """Mark `positions` live; they must not share a slot with a block some later group still reads."""
+        rows, cols = self.grid
+        blocks = {self._position(b): b for b in self._group[0]}
+        still_read = {p for p in self.live if any(self._position(rd) not in self.done for rd in
+                                                  reader_blocks(*self._block_at(p), rows, cols))}
+        taken = {p % self.slots: p for p in still_read}
+        for p in positions:
+            other = taken.get(p % self.slots)
+            if other is not None and other != p:
+                raise RuntimeError(f"frontier ring of {self.slots} slots is too small: block {blocks.get(p)} "
+                                   f"would overwrite {self._block_at(other)}")
+            taken[p % self.slots] = p
+        self.live.update(positions)
+
+    def _block_at(self, p: int) -> Block:
+        rows, cols = self.grid
+        return divmod(p, cols) if self.scan == "rows" else tuple(reversed(divmod(p, rows)))
 
     def _allocate(self, layer: int, k) -> None:
         if self.slots is None:
@@ -285,9 +461,13 @@ class KeyValueStore:
         pin = device.type == "cpu" and k.is_cuda
         shape = (self.slots, k.shape[0], *k.shape[2:])
         dtype = FLOAT8 if self.float8 else (self.storage_dtype or k.dtype)
-        self.ring[layer] = tuple(torch.empty(shape, dtype=dtype, device=device, pin_memory=pin) for _ in range(2))
+
+        def empty(size, dt):
+            return pinned_empty(size, dt) if pin else torch.empty(size, dtype=dt, device=device)
+
+        self.ring[layer] = (empty(shape, dtype), empty(shape, dtype))
         if self.float8:
-            self.scales[layer] = tuple(torch.empty(shape[:2], device=device, pin_memory=pin) for _ in range(2))
+            self.scales[layer] = (empty(shape[:2], torch.float32), empty(shape[:2], torch.float32))
         self._read_dtype = k.dtype
 
     def _encode(self, t: torch.Tensor):
@@ -330,6 +510,7 @@ class KeyValueStore:
         if self._stream is not None:
             self._stream.synchronize()
         self.live.clear()
+        self.done.clear()
         self.ring = [None] * self.layers
         self.scales = [None] * self.layers
         self._staged.clear()

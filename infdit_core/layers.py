@@ -93,7 +93,8 @@ def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 def signed_rotary(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin * (-1, +1, -1, ...) in `dtype`, made once per block group for `apply_signed_rotary`."""
-    sign = torch.tensor([-1.0, 1.0], device=sin.device).repeat(sin.shape[-1] // 2)
+    # -1, +1, -1, ... made on the device (a tensor from a Python list would be a host-to-device copy)
+    sign = torch.arange(sin.shape[-1], device=sin.device).remainder_(2).mul_(2).sub_(1).to(sin.dtype)
     return cos.to(dtype), (sin * sign).to(dtype)
 
 
@@ -104,11 +105,11 @@ def apply_signed_rotary(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Te
     return torch.addcmul(t * cos, swapped, signed_sin)
 
 
-def patchify_blocks(image: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Cut blocks out of an image: (B, C, H, W), blocks (n, 2) -> (B, n, C, block, block)."""
+def patchify_blocks(image: torch.Tensor, blocks, block_size: int) -> torch.Tensor:
+    """Cut blocks out of an image: (B, C, H, W), blocks [(row, col)] -> (B, n, C, block, block)."""
     crops = [
         image[:, :, r * block_size:(r + 1) * block_size, c * block_size:(c + 1) * block_size]
-        for r, c in blocks.tolist()
+        for r, c in blocks
     ]
     return torch.stack(crops, dim=1)
 

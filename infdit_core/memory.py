@@ -19,14 +19,18 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import neighbour_blocks
+from .attention import chosen_kernel, native_bf16, neighbour_blocks, resolve_variant
 from .config import LR_WINDOW, InfDiTConfig
+from .host import pinned_bytes
 from .scheduler import BlockPlan, plan_blocks
 
 # Alive at the attention of a layer: the layer input, q/k/v (3), normed and roped q and k (2), the
 # attention output (1), and per run of blocks the four key groups' partial results (4) and their
 # merged sum (1, float32: counted as 2 in bf16). The key groups themselves are views (attention.py).
 _ATTENTION_TENSORS = 1 + 3 + 2 + 1 + 4 + 1
+# The "concat" variant instead of the four partial results and their sum: the copied keys and values of
+# the four groups, 4 units each (attention.py, CUDA's default).
+_CONCAT_TENSORS = 1 + 3 + 2 + 1 + 2 * 4
 # Held across all layers by the forward: the previous layer's normed MLP input, and the layer-0 LR
 # window features (2304 tokens per block, i.e. 2.25 units).
 _CARRIED_TENSORS = 1
@@ -111,13 +115,16 @@ def estimate_peak_bytes(
     images_on_host: bool = False,
     float8_frontier: bool = False,
     image_buffers: int = DEFAULT_IMAGE_BUFFERS,
+    device=None,
 ) -> MemoryEstimate:
     """Predicted peak bytes on the compute device for sampling an output of this size, and on the host.
 
     images_on_host: the sampler's full-size images live on the host and only each group's blocks
     go to the device; an offloaded frontier also counts on the host. float8_frontier: cached keys/values
     stored as float8 e4m3 (1 byte) with one float32 scale per block, layer, tensor and image.
-    image_buffers: full-size images the solver and colour fix keep (`image_buffers()`; default: heun)."""
+    image_buffers: full-size images the solver and colour fix keep (`image_buffers()`; default: heun).
+    device: the compute device (None: the CPU's figures). On CUDA the attention path it will take
+    (`attention_path`) and the page-locked host memory as torch's allocator rounds it are counted."""
     el = torch.finfo(dtype).bits // 8
     bs = config.block_size
     rows, cols = -(-out_height // bs), -(-out_width // bs)
@@ -137,7 +144,13 @@ def estimate_peak_bytes(
     window = LR_WINDOW**2 / t  # LR-window tokens per block, in units
     carried = (_CARRIED_TENSORS + window) * n
     merged = 2 if el < 4 else 1  # the float32 sum of the four partial results
-    attention = (_ATTENTION_TENSORS + merged - 1) * n + carried
+    path = attention_path(device, dtype)
+    if path == "lse_merge":
+        attention = (_ATTENTION_TENSORS + merged - 1) * n + carried
+    else:  # the groups copied side by side; without a fused kernel, SDPA's math path also holds the scores
+        attention = _CONCAT_TENSORS * n + carried
+        if path == "math":  # float32 scores and their softmax: heads x T x 4T per block
+            attention += 2 * config.heads * 4 * t * 4 / (c * el) * n
     if offload_frontier and len(plan.groups) > 1:  # cached key groups fetched: this layer's and the next's
         attention += 2 * 2 * _cached_group_reads(plan)
     cross = (_CROSS_TENSORS + _CROSS_WINDOW_TENSORS * window) * n
@@ -147,8 +160,29 @@ def estimate_peak_bytes(
     full_images = image_buffers * batch * 3 * rows * bs * cols * bs * 4
     group_images = _GROUP_IMAGE_TENSORS * n * batch * 3 * bs * bs * 4
     images = group_images if images_on_host else full_images
-    host = (full_images if images_on_host else 0) + (cached if offload_frontier else 0)
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    host_frontier = cached
+    if on_cuda and cached:  # one pinned ring per layer and tensor, each rounded up to a power of two
+        slots = cached // per_block_kv
+        ring = slots * batch * t * c * (1 if float8_frontier else el)
+        host_frontier = 2 * config.layers * (pinned_bytes(ring) + (pinned_bytes(slots * batch * 4) if float8_frontier else 0))
+    host = (full_images if images_on_host else 0) + (host_frontier if offload_frontier else 0)
+    if images_on_host and on_cuda:  # two pinned staging buffers: a group's x and u blocks in, D out, LR windows
+        host += 2 * pinned_bytes(3 * group_images // _GROUP_IMAGE_TENSORS + n * batch * 3 * 9 * t * 4)
     return MemoryEstimate(weights, frontier, activations, images, host)
+
+
+def attention_path(device, dtype) -> str:
+    """How the block attention will run on `device` in `dtype`: "lse_merge" (fused calls per key group),
+    "concat" (the groups copied, one fused call) or "math" (copied, and no fused kernel for this dtype:
+    SDPA's math path, which holds the score matrix). None or a CPU: "lse_merge"."""
+    if device is None or torch.device(device).type != "cuda":
+        return "lse_merge"
+    variant = resolve_variant(None, device)
+    if variant in ("lse_merge", "cudnn") and chosen_kernel(device, dtype, variant == "cudnn") != "concat":
+        return "lse_merge"
+    fused = dtype in (torch.float16, torch.float32) or native_bf16(device)
+    return "concat" if fused else "math"
 
 
 def _cached_group_reads(plan: BlockPlan) -> int:
@@ -160,20 +194,24 @@ def _cached_group_reads(plan: BlockPlan) -> int:
     return most
 
 
-# The fastest block batch per device kind, measured with benchmarks/speed.py (README, "Speed"); a table
-# rather than a calibration at run time because a timing taken on a busy machine misleads (shared CPUs
-# here swing 20-40% between repeats) and calibrating costs whole network evaluations.
+# The block batch "auto" stops at, per device kind: past it a larger group is not faster, only bigger. A
+# table rather than a calibration at run time because a timing taken on a busy machine misleads (shared
+# CPUs here swing 20-40% between repeats) and calibrating costs whole network evaluations.
 # - CPU: one block per group. A block is 1024 tokens, already enough rows for every core's matmuls, and
 #   a small group's working set stays in cache: n=1 was within 2.5% (fp32) and 3.7% (bf16) of the best
 #   fixed block batch at 512 px on an AMD Zen 4, and 30% faster than the whole image at 1024 px on the
 #   Intel Xeon with AMX of issue 12, with a fraction of the memory.
-# - other devices (CUDA): not measured yet (benchmarks/gpu.py times block batch 1..64 on one): the
-#   largest group that fits, which fills the device best and pays the per-group launch cost least.
-FASTEST_BLOCK_BATCH = {"cpu": 1}
+# - CUDA: 16, from the op model (benchmarks/gpu_model.py), not yet from a GPU. A group issues about the
+#   same number of kernels whatever its size (~1,100-1,800 at the released config), ~10 ms of host time
+#   in eager PyTorch, while an H100 needs ~4-6 ms of GPU work per block: from n = 4 on the GPU, not the
+#   host, sets the pace, and at n = 16 the launch cost is under 5% of a group's GPU time and every matmul
+#   has 16,384 rows (full tiles on every SM). A larger group cuts launches per block no further, it only
+#   takes memory from the other models a ComfyUI server keeps. benchmarks/gpu.py measures 1, 4, 16, 64.
+FASTEST_BLOCK_BATCH = {"cpu": 1, "cuda": 16}
 
 
 def fastest_block_batch(device=None) -> int | None:
-    """The block batch measured fastest on this kind of device, or None: the larger the faster."""
+    """The block batch past which a larger one is no faster on this kind of device, or None: unknown."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return FASTEST_BLOCK_BATCH.get(torch.device(device).type)
@@ -194,15 +232,26 @@ def choose_block_batch(
     device=None,
     image_buffers: int = DEFAULT_IMAGE_BUFFERS,
 ) -> int:
-    """The "auto" block batch: the fastest on `device`'s kind (`fastest_block_batch`; None = the
-    default device: CUDA if present, else CPU) that fits `budget_bytes`, i.e. the smaller of that and
-    `largest_fitting_block_batch`. Always >= 1."""
-    largest = largest_fitting_block_batch(
-        config, out_height, out_width, budget_bytes, dtype, offload_frontier, batch, scan, include_clip,
-        images_on_host, float8_frontier, image_buffers,
-    )
-    fastest = fastest_block_batch(device)
-    return largest if fastest is None else min(fastest, largest)
+    """The "auto" block batch on `device` (None = the default device: CUDA if present, else CPU): the
+    largest block batch up to `fastest_block_batch` whose estimate fits `budget_bytes` (every candidate is
+    estimated: nothing assumes the estimate grows with the block batch), or the whole image as one group
+    where that fits and needs no more (it has no frontier). Always >= 1."""
+    bs = config.block_size
+    total = -(-out_height // bs) * -(-out_width // bs)
+    cap = fastest_block_batch(device)
+
+    def estimate(n: int) -> int:
+        return estimate_peak_bytes(config, out_height, out_width, n, dtype, offload_frontier, batch, scan, include_clip,
+                                   images_on_host, float8_frontier, image_buffers, device).total
+
+    if cap is None:
+        return largest_fitting_block_batch(config, out_height, out_width, budget_bytes, dtype, offload_frontier, batch,
+                                           scan, include_clip, images_on_host, float8_frontier, image_buffers, device)
+    fitting = [(n, e) for n in range(1, min(cap, total) + 1) if (e := estimate(n)) <= budget_bytes]
+    best, best_bytes = fitting[-1] if fitting else (1, estimate(1))
+    if total > best and cap > 1 and (whole := estimate(total)) <= min(budget_bytes, best_bytes):
+        return total
+    return best
 
 
 def largest_fitting_block_batch(
@@ -218,20 +267,27 @@ def largest_fitting_block_batch(
     images_on_host: bool = False,
     float8_frontier: bool = False,
     image_buffers: int = DEFAULT_IMAGE_BUFFERS,
+    device=None,
 ) -> int:
     """The largest block batch whose estimate fits `budget_bytes` (1 if none does).
 
-    The estimate grows with the block batch, so a binary search over 1..all blocks finds it.
+    The whole image as one group is tried on its own first: it has no frontier, so its estimate can be
+    far below that of one block fewer. Below it the estimate is the frontier (one line of the short side,
+    whatever the block batch) plus activations that grow with it, so a binary search over 1..all-1 finds
+    the largest; tests/core/test_block_batch.py checks that against every block batch of several grids.
     """
     bs = config.block_size
-    lo, hi = 1, -(-out_height // bs) * -(-out_width // bs)
+    total = -(-out_height // bs) * -(-out_width // bs)
 
     def fits(n: int) -> bool:
         est = estimate_peak_bytes(config, out_height, out_width, n, dtype, offload_frontier, batch, scan, include_clip,
-                                  images_on_host, float8_frontier, image_buffers)
+                                  images_on_host, float8_frontier, image_buffers, device)
         return est.total <= budget_bytes
 
-    if not fits(lo):
+    if fits(total):
+        return total
+    lo, hi = 1, total - 1
+    if hi < 1 or not fits(lo):
         return 1
     while lo < hi:
         mid = (lo + hi + 1) // 2

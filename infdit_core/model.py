@@ -47,13 +47,14 @@ class NearbyLRCrossAttention(nn.Module):
         self.key_pos = nn.Parameter(torch.zeros(1, LR_WINDOW * LR_WINDOW, h, d))
         self.post_norm = affine_norm(c)
 
-    def windows(self, lr: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
+    def windows(self, lr: torch.Tensor, blocks: list[tuple[int, int]], staging=None) -> torch.Tensor:
         """LR (B, 3, h, w) -> window features (B, n, 2304, C), built only for these blocks.
 
-        The LR image may live on the host: only each window's pixels go to the device."""
+        The LR image may live on the host: only each window's pixels go to the device (through
+        `staging`, a PinnedStaging, when given)."""
         lr_block = BLOCK_TOKENS  # 32 LR pixels per block side: the LR image is output / 4
         w = self.proj_lr.weight
-        features = lambda pixels: self.proj_lr(pixels.to(w.device, w.dtype))  # noqa: E731
+        features = lambda pixels: self.proj_lr(_to_device(pixels, w.device, staging).to(w.dtype))  # noqa: E731
         wins = [lr_window(features, lr, r, c, lr_block) for r, c in blocks]
         return torch.stack(wins, 1).flatten(-2).transpose(-1, -2)  # (B, n, 2304, C)
 
@@ -189,18 +190,23 @@ class InfDiT(nn.Module):
 
     # --- one group of blocks through the whole network --------------------------------------------
     def forward_blocks(self, x, u, lr, cond: Conditioning, blocks, kv: KeyValueStore) -> torch.Tensor:
-        """Denoised estimate D of `blocks` (list of (row, col)): (B, n, 3, block, block).
+        """Denoised estimate D of `blocks` (list of (row, col), or a `BlockGroup`): (B, n, 3, block, block).
 
         x, u: (B, 3, H, W) whole noisy and upsampled-LR images (H, W whole blocks), lr: (B, 3, H/4, W/4).
         They may live on the host (huge outputs): only the blocks of this group go to the device, and
         the result is on the device. Neighbours of these blocks not in the group must be in `kv`.
+        Nothing here reads a device value: the block coordinates are Python numbers, and their device
+        copy comes with a `BlockGroup` (made once per evaluation), so a GPU never waits on the host.
         """
         cfg = self.config
         bs = cfg.block_size
         device = self.device
-        where = torch.tensor(blocks, device=device)
-        xb = patchify_blocks(x, where, bs).to(device)  # (B, n, 3, bs, bs)
-        ub = patchify_blocks(u, where, bs).to(device)
+        where = getattr(blocks, "coords", None)
+        if where is None:
+            where = torch.tensor(blocks, device=device)
+        staging = getattr(blocks, "staging", None)
+        xb = _to_device(patchify_blocks(x, blocks, bs), device, staging)  # (B, n, 3, bs, bs)
+        ub = _to_device(patchify_blocks(u, blocks, bs), device, staging)
         if cfg.residual:  # demo models: denoise x - u, then add u back
             xb = xb - ub
         c_in = _per_sample(cond.c_in, xb)
@@ -219,7 +225,7 @@ class InfDiT(nn.Module):
             del q, k, v  # stored in the frontier where later groups need them: not held through the MLP
             if i == 0:  # layer 0 reads the LR image between its attention and its MLP
                 tokens = tokens + layer.proj(attn)
-                windows = self.lr_cross.windows(lr, blocks)
+                windows = self.lr_cross.windows(lr, blocks, staging)
                 tokens = tokens + self.lr_cross(layer_norm(tokens), windows)
                 tokens = stages.feed_forward(layer, tokens, self.lr_cross.post_norm(tokens), shift_m, scale_m)
             else:
@@ -248,6 +254,23 @@ def stitch_blocks(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     b, _, c, bs, _ = blocks.shape
     x = blocks.view(b, rows, cols, c, bs, bs).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(b, c, rows * bs, cols * bs)
+
+
+class BlockGroup(list):
+    """The blocks of one group ((row, col) list) with what `forward_blocks` needs beyond them: `coords`, the
+    same coordinates as an (n, 2) device tensor (a slice of one made per evaluation), and `staging`, the
+    pinned buffers that carry host-held image blocks (None when the images are on the device)."""
+
+    def __init__(self, blocks, coords=None, staging=None):
+        super().__init__(blocks)
+        self.coords, self.staging = coords, staging
+
+
+def _to_device(t: torch.Tensor, device, staging) -> torch.Tensor:
+    """t on the compute device: as it is, through pinned staging (host-held images on CUDA), or copied."""
+    if t.device == device:
+        return t
+    return staging.to_device(t) if staging is not None else t.to(device)
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -153,12 +153,8 @@ def sample(
     # over the noise (a caller's noise is copied first), the solver then updates it in place.
     x = noise.mul_(sigmas[0]).add_(u) if owned_noise else u + sigmas[0] * noise
     del noise
-    if device.type == "cpu" and model.device.type == "cuda":  # host-held images: pinned for fast block copies
-        x, denoiser.u = x.pin_memory(), u.pin_memory()
-        del u
     with compiled(model, enabled=compile):
         x = run_solver(solver, denoise_fn, x, sigmas, callback, evaluations, extra_args={"seed": seed})
-    u = denoiser.u  # (the pinned copy where the images are held on the host)
     if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(u.shape):
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"the sampler returned {got}, expected a tensor of shape {tuple(u.shape)}")

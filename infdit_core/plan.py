@@ -130,6 +130,7 @@ class RunPlan:
     batch: int = 1
     float8_frontier: bool = False  # cached keys/values stored as float8 e4m3 with a per-block scale
     image_buffers: int = DEFAULT_IMAGE_BUFFERS  # full-size images of the solver/colour fix (memory.image_buffers)
+    device: str | None = None  # the compute device it was planned for (None: not known)
 
     @property
     def resize(self) -> bool:
@@ -194,7 +195,8 @@ def plan_run(
         passes.append(_plan_pass(config, s, h, w, block_batch, budget, dtype, offload_frontier, scan, include_clip, batch,
                                  on_host, float8_frontier, device, image_buffers))
         h, w = h * s, w * s
-    return RunPlan((height, width), out, tuple(passes), offload_frontier, scan, batch, float8_frontier, image_buffers)
+    return RunPlan((height, width), out, tuple(passes), offload_frontier, scan, batch, float8_frontier, image_buffers,
+                   None if device is None else str(torch.device(device)))
 
 
 def plan_output(config, out_height: int, out_width: int, block_batch="auto", budget: int | None = None,
@@ -221,7 +223,7 @@ def _plan_pass(config, s, h, w, block_batch, budget, dtype, offload, scan, inclu
     else:
         n = block_batch
     est = estimate_peak_bytes(config, out_h, out_w, n, dtype, offload, batch, scan, include_clip, on_host, float8,
-                              image_buffers)
+                              image_buffers, device)
     return PassPlan(s, (h, w), grid, min(n, grid[0] * grid[1]), est, on_host)
 
 
@@ -236,7 +238,7 @@ def fallback(plan: RunPlan, config, dtype=torch.bfloat16, include_clip: bool = T
         return None
     passes = tuple(
         _plan_pass(config, p.scale, *p.in_size, min(p.block_batch, n), None, dtype, offload, plan.scan, include_clip,
-                   plan.batch, p.images_on_host, plan.float8_frontier, None, plan.image_buffers)
+                   plan.batch, p.images_on_host, plan.float8_frontier, plan.device, plan.image_buffers)
         for p in plan.passes
     )
     return replace(plan, passes=passes, offload_frontier=offload)
@@ -247,19 +249,19 @@ def smallest_fitting(plan: RunPlan, config, free: int, dtype=torch.bfloat16, inc
     offloaded: the largest block batch fitting `free` on every pass, and the peak at block batch 1."""
     fits = min(choose_block_batch(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, free, dtype,
                                   True, plan.batch, plan.scan, include_clip, p.images_on_host,
-                                  image_buffers=plan.image_buffers) for p in plan.passes)
+                                  device=plan.device, image_buffers=plan.image_buffers) for p in plan.passes)
     smallest = max(estimate_peak_bytes(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, 1, dtype,
                                        True, plan.batch, plan.scan, include_clip, p.images_on_host,
-                                       image_buffers=plan.image_buffers).total
+                                       image_buffers=plan.image_buffers, device=plan.device).total
                    for p in plan.passes)
     return fits, smallest
 
 
 def model_budget(model) -> int:
-    """Default budget for "auto" on the model's device: free memory minus a margin; on CPU the resident
-    weights count as free too (the estimate includes them)."""
-    weights = dit_parameters(model.config) * torch.finfo(model.dtype).bits // 8
-    return default_budget(model.device) + (weights if model.device.type == "cpu" else 0)
+    """Default budget for "auto" on the model's device: free memory minus a margin, plus the weights
+    already resident there (the estimate counts them, and free memory no longer does, on any device)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return default_budget(model.device) + weights
 
 
 def host_bytes(plan: RunPlan, compute_on_cpu: bool) -> int:

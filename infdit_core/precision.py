@@ -1,9 +1,11 @@
 """Which float type a model runs in when the user says "auto": the one decision the CLI, the API and
 the ComfyUI node share.
 
-bf16 where the device multiplies it natively (CUDA with bf16 support; CPUs with AMX or AVX512-BF16,
-where bf16 matmuls run 2-5x faster than float32), else float32. fp16 is never chosen: the model was
-trained in bf16 and fp16 may overflow.
+bf16 where the device multiplies it natively: a CUDA device of compute capability 8.0 or higher (its
+own index: one machine may mix GPUs), or a CPU with AMX or AVX512-BF16, where bf16 matmuls run 2-5x
+faster than float32. Older CUDA cards (T4, V100, RTX 20xx) only emulate bf16, and on them the fused
+attention kernels refuse it, so they get fp16, which they multiply natively; the model was trained in
+bf16 and fp16 can overflow, so every pass checks its output (`check_finite`). Elsewhere float32.
 """
 from __future__ import annotations
 
@@ -21,10 +23,15 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def cuda_capability(device) -> tuple[int, int]:
+    """(major, minor) compute capability of this CUDA device (its own index; the current one if none)."""
+    return tuple(torch.cuda.get_device_capability(torch.device(device)))
+
+
 def auto_dtype(device) -> torch.dtype:
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if cuda_capability(device) >= (8, 0) else torch.float16
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
@@ -39,3 +46,24 @@ def resolve_dtype(dtype, device) -> torch.dtype:
     if dtype in DTYPES:
         return DTYPES[dtype]
     raise ValueError(f"dtype must be 'auto', one of {', '.join(DTYPES)} or a torch dtype, got {dtype!r}")
+
+
+class NonFiniteOutput(ValueError):
+    """A pass produced NaN or infinite values: nothing is written."""
+
+
+def check_finite(x: torch.Tensor, dtype: torch.dtype, what: str = "the result") -> None:
+    """Stop with one line if x holds NaN or infinity (read in strips: no full-size temporary). One device
+    read per call: call it once per pass, never inside the block loop."""
+    ok = torch.ones((), dtype=torch.bool, device=x.device)
+    for strip in x.split(256, dim=-2):
+        ok &= torch.isfinite(strip).all()
+    if bool(ok):
+        return
+    if dtype == torch.float16:
+        raise NonFiniteOutput(f"Inf-DiT produced NaN/infinite values in {what}: fp16 overflow (the model was trained in "
+                              "bf16 and its activations can exceed fp16's range): use fp32 (--dtype fp32, or "
+                              "weight_dtype fp32 in Load Inf-DiT); nothing was written")
+    raise NonFiniteOutput(f"Inf-DiT produced NaN/infinite values in {what} ({str(dtype).replace('torch.', '')}): "
+                          "the weights or the input may be damaged; try fp32 and check the model file; "
+                          "nothing was written")

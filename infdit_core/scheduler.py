@@ -27,26 +27,27 @@ class BlockPlan:
         return max(len(g) for g in self.groups)
 
     def peak_cached_blocks(self) -> int:
-        """Most blocks held in the cache at once (the frontier), counted after each group is stored."""
+        """Most blocks held in the cache at once (the frontier): those a later group still reads, after
+        each group (a group's other blocks are never stored)."""
         held, peak = 0, 0
         for group, release in zip(self.groups, self.release_after):
-            held += len(group)
+            held += len(group) - len(release)
             peak = max(peak, held)
-            held -= len(release)
         return peak
 
 
     def frontier_span(self) -> int:
-        """Ring slots the frontier needs: the widest span of scan positions held at once (stored and
-        not released, plus the group being computed), so a ring indexed by position never overwrites
-        a block that is still read."""
+        """Ring slots the frontier needs: the widest span of scan positions kept after a group (stored and
+        not released). A group reads its cached neighbours before it writes its own blocks (KeyValueStore),
+        so only the blocks some later group reads have to be kept apart."""
         live: set[int] = set()
         position = {blk: p for p, blk in enumerate(blk for group in self.groups for blk in group)}
         span = 1
         for group, release in zip(self.groups, self.release_after):
             live.update(position[blk] for blk in group)
-            span = max(span, max(live) - min(live) + 1)
             live.difference_update(position[blk] for blk in release)
+            if live:
+                span = max(span, max(live) - min(live) + 1)
         return span
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .precision import auto_dtype
+
 from .checkpoint import save_model
 from .clip import clip_vector
 from .config import InfDiTConfig
@@ -70,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--log-every", type=int, default=25)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    t.add_argument("--autocast", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 on CUDA, none on CPU")
+    t.add_argument("--autocast", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 on CUDA cards that multiply it natively (compute capability 8.0+), else none")
 
 
 def noise_options(args) -> dict:
@@ -161,7 +163,9 @@ def train(args) -> Path:
 
     paths = folder_image_paths(args.images) if args.images else default_image_paths("train")
     sampler = CropSampler([load_rgb(p) for p in paths], args.crop)
-    use_autocast = args.autocast == "bf16" or (args.autocast == "auto" and device.type == "cuda")
+    # auto: bf16 only where the card has it natively (precision.auto_dtype); fp16 training would need loss scaling
+    use_autocast = args.autocast == "bf16" or (args.autocast == "auto" and device.type == "cuda"
+                                                and auto_dtype(device) == torch.bfloat16)
     n_params = sum(p.numel() for p in params)
     print(f"training {n_params / 1e6:.2f} M parameters, {model.config}, on {len(sampler.images)} images, {device}", file=sys.stderr)
 

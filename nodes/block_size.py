@@ -83,7 +83,9 @@ def settings_from_inputs(block_batch: int, memory_budget_gb: float, frontier: st
 def control(block_batch: int = 0, memory_budget_gb: float = 0.0, frontier: str = FRONTIER_ON_DEVICE, scan: str = "auto",
             estimate_width: int = 4096, estimate_height: int = 4096, node_id=None) -> NodeResult:
     settings = settings_from_inputs(block_batch, memory_budget_gb, frontier, scan)
-    text = estimate_text(settings, int(estimate_height), int(estimate_width), free_bytes=_free(), device=comfy.torch_device())
+    device = comfy.torch_device()
+    text = estimate_text(settings, int(estimate_height), int(estimate_width), dtype=comfy.auto_dtype(device),
+                         free_bytes=_free(), device=device)
     return NodeResult((settings,), ui={"text": [text]}, extra={"text": text})
 
 
@@ -100,10 +102,11 @@ def estimate_query(query: dict) -> dict:
     if not (1 <= w <= 65536 and 1 <= h <= 65536):
         raise ValueError(f"output size must be 1..65536 pixels per side, got {w}x{h}")
     free, device = _free(), comfy.torch_device()
-    n, est = estimate(settings, InfDiTConfig.released(), h, w, free_bytes=free, device=device)
+    dtype = comfy.auto_dtype(device)  # what Load Inf-DiT's "auto" gives on this device
+    n, est = estimate(settings, InfDiTConfig.released(), h, w, dtype, free_bytes=free, device=device)
     return {"block_batch": n, "total": est.total, "weights": est.weights, "frontier": est.frontier,
             "activations": est.activations, "images": est.images, "host": est.host,
-            "text": estimate_text(settings, h, w, free_bytes=free, device=device)}
+            "text": estimate_text(settings, h, w, dtype=dtype, free_bytes=free, device=device)}
 
 
 def spec() -> NodeSpec:

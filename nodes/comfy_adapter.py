@@ -85,10 +85,13 @@ def offload_device() -> torch.device:
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the device does it well, else fp32 (the model was trained in bf16; fp16 may overflow).
-    On a GPU inside ComfyUI its own verdict (which honours its precision flags); else the core's rule."""
+    """On a GPU inside ComfyUI its own verdict (which honours its precision flags): bf16 where it says so,
+    else fp16 where it says so (every pass is checked for fp16 overflow), else fp32. Elsewhere the core's
+    rule: bf16 where the device multiplies it natively, fp16 on older CUDA cards, else fp32."""
     if COMFY and device.type != "cpu":
-        return torch.bfloat16 if _mm.should_use_bf16(device) else torch.float32
+        if _mm.should_use_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if _mm.should_use_fp16(device) else torch.float32
     from .core import auto_dtype as core_auto_dtype
 
     return core_auto_dtype(device)

@@ -23,12 +23,42 @@ def test_auto_respects_the_budget(device, size, budget_gib, offload):
     assert n <= largest_fitting_block_batch(RELEASED, *size, budget, torch.bfloat16, offload)
 
 
-def test_cpu_takes_the_measured_fastest_and_the_gpu_the_largest_that_fits():
+def test_cpu_takes_one_block_and_the_gpu_stops_at_its_cap():
+    """CUDA: the largest block batch up to FASTEST_BLOCK_BATCH["cuda"] that fits; past it groups cut no
+    kernel launches per block, they only take memory."""
     args = (RELEASED, 2048, 2048, 24 * GIB, torch.bfloat16)
     largest = largest_fitting_block_batch(*args)
-    assert largest > 1
+    assert largest > memory.FASTEST_BLOCK_BATCH["cuda"]
     assert choose_block_batch(*args, device="cpu") == memory.FASTEST_BLOCK_BATCH["cpu"] == 1
-    assert choose_block_batch(*args, device="cuda") == largest
+    assert choose_block_batch(*args, device="cuda") == memory.FASTEST_BLOCK_BATCH["cuda"] == 16
+    small = (RELEASED, 1024, 1024, 24 * GIB, torch.bfloat16)  # 8 x 8 blocks: more than the cap fit
+    assert choose_block_batch(*small, device="cuda") == 16
+
+
+@pytest.mark.parametrize("card_gb", [80, 141])
+def test_auto_never_plans_more_than_the_whole_image(card_gb):
+    """4096^2 on an 80 GB and a 141 GB card: the whole image as one group (no frontier) fits both; auto's
+    plan must not need more than it (before: n=352 at 70 GiB and n=685 at 125 GiB against 45.4 GiB)."""
+    budget = int(card_gb * 1e9 * 0.9)
+    whole = estimate_peak_bytes(RELEASED, 4096, 4096, 32 * 32, torch.bfloat16, device="cuda").total
+    assert whole <= budget
+    for device in ("cuda", None):
+        n = choose_block_batch(RELEASED, 4096, 4096, budget, torch.bfloat16, device=device)
+        assert estimate_peak_bytes(RELEASED, 4096, 4096, n, torch.bfloat16, device="cuda").total <= whole
+    assert largest_fitting_block_batch(RELEASED, 4096, 4096, budget, torch.bfloat16) == 32 * 32
+
+
+@pytest.mark.parametrize("grid", [(3, 5), (8, 8), (6, 13)])
+def test_largest_fitting_agrees_with_trying_every_block_batch(grid):
+    """The binary search of largest_fitting_block_batch against an exhaustive scan, for budgets between
+    the smallest and the largest estimate (so every shape of the curve is met)."""
+    cfg = InfDiTConfig(layers=4, hidden=256, heads=4, vector_dim=0)
+    h, w = grid[0] * 128, grid[1] * 128
+    total = grid[0] * grid[1]
+    sizes = [estimate_peak_bytes(cfg, h, w, n, torch.float32).total for n in range(1, total + 1)]
+    for budget in sorted(set(sizes))[:: max(1, len(set(sizes)) // 12)]:
+        best = max(n for n in range(1, total + 1) if sizes[n - 1] <= budget)
+        assert largest_fitting_block_batch(cfg, h, w, budget, torch.float32) == best, (grid, budget)
 
 
 def test_a_budget_too_small_for_the_fastest_still_gets_one_block():
