@@ -12,7 +12,9 @@ from .color import apply_color_fix, check_color_fix
 from .compiled import compiled
 from .denoiser import BlockwiseDenoiser
 from .memory import DEFAULT_IMAGE_BUFFERS, choose_block_batch, image_buffers
+from .host import release_host_cache
 from .plan import check_host_memory, model_budget, plan_run
+from .precision import check_finite
 from .sampler import get_sigmas_karras, run_solver
 from .scheduler import plan_blocks
 
@@ -214,15 +216,21 @@ def run_plan(model, lr: torch.Tensor, plan, steps: int | None = None, seed: int 
     color_fix = check_color_fix(kwargs.pop("color_fix", "none"))
     single = len(plan.passes) == 1 and not plan.resize
     x = lr
-    for k, p in enumerate(plan.passes):
-        x = sample(
-            model, x, scale=p.scale, steps=steps, seed=seed + k, block_batch=p.block_batch, scan=plan.scan,
-            offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)),
-            image_device="cpu" if p.images_on_host else None, float8_frontier=plan.float8_frontier,
-            color_fix=color_fix if single else "none", **kwargs,
-        )
-        if k + 1 < len(plan.passes):
-            x = x.clamp(-1, 1)  # the next pass reads an image; its LR must stay in range
+    try:
+        for k, p in enumerate(plan.passes):
+            x = sample(
+                model, x, scale=p.scale, steps=steps, seed=seed + k, block_batch=p.block_batch, scan=plan.scan,
+                offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)),
+                image_device="cpu" if p.images_on_host else None, float8_frontier=plan.float8_frontier,
+                color_fix=color_fix if single else "none", **kwargs,
+            )
+            # fp16 can overflow: one check per pass (one device read), so no black or garbage image is written
+            check_finite(x, model.dtype, f"pass {k + 1} of {len(plan.passes)}" if len(plan.passes) > 1 else "the result")
+            if k + 1 < len(plan.passes):
+                x = x.clamp(-1, 1)  # the next pass reads an image; its LR must stay in range
+    finally:
+        if model.device.type == "cuda":
+            release_host_cache()  # pinned staging and frontier blocks back to the system
     if plan.resize:
         x = upsample(x.float(), plan.out_size).clamp(-1, 1)
     if not single and color_fix != "none":
