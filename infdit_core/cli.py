@@ -64,7 +64,7 @@ def upscale_options(args) -> dict:
 
 
 def cmd_upscale(args) -> int:
-    from .pipeline import upscale_image
+    from .recovery import upscale_with_recovery
     from .runner import Upscaler, run_upscale
 
     if not 0 < args.denoise <= 1:  # before any image is read or written
@@ -73,7 +73,7 @@ def cmd_upscale(args) -> int:
     wanted = _wanted_size(args)
 
     def upscale_one(model, image, seed, callback):
-        return upscale_image(model, image, seed=seed, callback=callback, **options)
+        return upscale_with_recovery(model, image, seed=seed, callback=callback, **options)
 
     return run_upscale(args, Upscaler(
         load_model=lambda device: load_model(args, device),

@@ -25,7 +25,7 @@ def pinned_empty(shape, dtype: torch.dtype) -> torch.Tensor:
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as e:
-        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        nbytes = torch.Size(shape).numel() * dtype.itemsize
         raise torch.OutOfMemoryError(f"could not page-lock {pinned_bytes(nbytes) / 2**20:.0f} MiB of host memory "
                                      f"for the offloaded frontier or staging: {str(e).splitlines()[0] if str(e) else e}") from e
 
@@ -70,7 +70,7 @@ class PinnedStaging:
         self.pending[i].clear()
 
     def _region(self, shape, dtype) -> torch.Tensor:
-        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        nbytes = torch.Size(shape).numel() * dtype.itemsize
         end = self.used + nbytes
         buf = self.buffers[self.current]
         if buf is None or buf.numel() < end:  # grow; views of the old buffer keep it until their copies are done

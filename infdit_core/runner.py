@@ -20,6 +20,8 @@ from typing import Any, Callable
 from .atomic import atomic_write, remove_stale_temps
 from .batch import Job, check_lossless, default_name, discover, is_single_image, output_name, plan_jobs, shard
 from .distributed import Ranks, start
+from .precision import NonFiniteOutput
+from .recovery import InfDiTOutOfMemory
 from .images import IMAGE_SUFFIXES, ImageReadError, image_size, is_complete_image, read_image, save_image
 
 
@@ -170,7 +172,7 @@ def _upscale_share(args, ranks, jobs, single, show, upscaler: Upscaler, stats) -
                     bar.refresh()  # draw the finished state even when the image beat tqdm's refresh interval
                 job.output.parent.mkdir(parents=True, exist_ok=True)
                 save_image(result[0], job.output)
-            except (ImageReadError, OSError, _out_of_memory()) as e:
+            except (ImageReadError, OSError, InfDiTOutOfMemory, NonFiniteOutput, _out_of_memory()) as e:
                 stats["failed"].append({"rel": job.rel, "error": _one_line(e), "rank": ranks.rank})
                 tqdm.write(f"{prefix}failed {job.rel}: {_one_line(e)}", file=sys.stderr)
                 run_bar.update(1)

@@ -15,6 +15,7 @@ try:
     from ..infdit_core.precision import auto_dtype  # noqa: F401
     from ..infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from ..infdit_core.scheduler import plan_blocks  # noqa: F401
+    from ..infdit_core.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401
 except ImportError:  # "attempted relative import beyond top-level package": nodes/ is top-level
     from infdit_core import (  # noqa: F401
         DEMO_MODEL_PATH, BlockGroupDone, CheckpointError, EvaluationDone, InfDiTConfig, block_grid,
@@ -27,3 +28,4 @@ except ImportError:  # "attempted relative import beyond top-level package": nod
     from infdit_core.precision import auto_dtype  # noqa: F401
     from infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from infdit_core.scheduler import plan_blocks  # noqa: F401
+    from infdit_core.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401

@@ -2,31 +2,21 @@
 Cancel and an out-of-memory fallback. The model work is the core's `upscale_image`."""
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from . import comfy_adapter as comfy
 from .block_size import GIB, BlockSettings
 from .core import (
-    BlockGroupDone, fallback, image_buffers, parse_target, plan_blocks, plan_run, smallest_fitting, upscale_image,
+    BlockGroupDone, InfDiTOutOfMemory, image_buffers, parse_target, plan_blocks, plan_run, run_with_recovery,
+    upscale_image,
 )
 from .progress import EVENT, BlockTracker
 from .sampling import COLOR_FIXES, SOLVERS, sampling
 from .spec import Input, NodeResult, NodeSpec, Output
 
-log = logging.getLogger("inf_dit")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 # "4" and "2" first and unchanged: saved workflows hold these strings.
 SCALE_OPTIONS = ("4", "2", "8", "16", "1", "1.5", "3", "6")
-
-
-class InfDiTOutOfMemory(RuntimeError):
-    """Out of memory even after lowering the block batch; the message says which settings would fit."""
-
-
-def _gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
 
 
 def _budget(handle, device, settings: BlockSettings) -> int:
@@ -44,20 +34,6 @@ def _factor(scale) -> float:
         return float(str(scale).strip().rstrip("x"))
     except ValueError:
         raise ValueError(f"scale must be a number from 1 to 16, got {scale!r}") from None
-
-
-def _oom_message(handle, plan, device) -> str:
-    cfg, dtype, clip = handle.config, handle.model.dtype, handle.model.clip is not None
-    (h, w), (out_h, out_w) = plan.in_size, plan.out_size
-    free = comfy.free_memory_bytes(device)
-    fits, smallest = smallest_fitting(plan, cfg, free, dtype, clip)
-    tried = f"block batch {plan.block_batch}, frontier {'offloaded' if plan.offload_frontier else 'on device'}"
-    hint = (f"a Block Size Control with block batch {fits} and frontier 'offloaded to CPU' should fit"
-            if smallest <= free else
-            f"even block batch 1 with the frontier offloaded needs about {_gib(smallest)}; use weight_dtype bf16 or "
-            f"fp16 in Load Inf-DiT, a smaller scale, or a smaller input image")
-    return (f"Inf-DiT ran out of memory upscaling {w}x{h} -> {out_w}x{out_h} ({tried}; {_gib(free)} free on {device}): "
-            f"{hint}.")
 
 
 def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block_control=None, target: str = "",
@@ -94,18 +70,12 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
             comfy.check_interrupted()
             args = dict(image=image[i:i + 1], steps=steps, seed=(seed + i) % (SEED_MAX + 1), compile=bool(compile),
                         **how.options)
-            out, oom = _try(net, args, plan, evaluations, i, b, progress, node_id)
-            if oom:
-                retry = fallback(plan, cfg, dtype, clip)
-                if retry is None:
-                    raise InfDiTOutOfMemory(_oom_message(handle, plan, device))
-                log.warning("Inf-DiT: out of memory at block batch %d; retrying with block batch %d%s", plan.block_batch,
-                            retry.block_batch, ", frontier offloaded" if retry.offload_frontier else "")
-                comfy.empty_cache()
-                out, oom = _try(net, args, retry, evaluations, i, b, progress, node_id)
-                if oom:
-                    raise InfDiTOutOfMemory(_oom_message(handle, retry, device))
-                plan, retried = retry, (retry.block_batch, retry.offload_frontier)
+            out, ran = run_with_recovery(
+                lambda p, args=args, i=i: _run_one(net, args, p, evaluations, i, b, progress, node_id),
+                plan, cfg, dtype, clip, device, free_memory=comfy.free_memory_bytes, empty_cache=comfy.empty_cache,
+                oom_errors=comfy.oom_errors())
+            if ran is not plan:
+                plan, retried = ran, (ran.block_batch, ran.offload_frontier)
             results.append(out)
     finally:
         comfy.empty_cache()  # also after Cancel: the sampler has dropped its caches, hand the memory back
@@ -120,8 +90,8 @@ def _groups(plan) -> int:
     return sum(len(plan_blocks(*p.grid, p.block_batch, plan.scan).groups) for p in plan.passes)
 
 
-def _try(net, args, plan, evaluations, image, images, progress, node_id):
-    """One image; (result, False), or (None, True) after an out-of-memory error (memory already released)."""
+def _run_one(net, args, plan, evaluations, image, images, progress, node_id):
+    """One image with progress, preview and Cancel wired to the core's events."""
     bs = net.config.block_size
     trackers = [BlockTracker(plan_blocks(*p.grid, p.block_batch, plan.scan), *p.out_size, bs, evaluations, image, images)
                 for p in plan.passes]
@@ -135,15 +105,10 @@ def _try(net, args, plan, evaluations, image, images, progress, node_id):
             # totals read now: a ComfyUI sampler's evaluation count is an estimate, a tracker grows if it runs longer
             per_image = sum(t.total for t in trackers)
             before = image * per_image + sum(t.total for t in trackers[:k])
-            progress.update(before + message["value"], images * per_image, trackers[k].preview())
+            progress.update(before + message["value"], images * per_image, trackers[k].preview_if_due())
             comfy.send_to_browser(EVENT, {"node": node_id, **message})
 
-    try:
-        return upscale_image(net, plan=plan, callback=callback, **args), False
-    except comfy.oom_errors():
-        pass  # leave the except block first, so the traceback's tensors can be freed
-    del trackers
-    return None, True
+    return upscale_image(net, plan=plan, callback=callback, **args)
 
 
 def spec() -> NodeSpec:
@@ -162,7 +127,9 @@ def spec() -> NodeSpec:
             Input("steps", "int", "Sampler steps (network passes: see solver). 0 = the model's own: 20 for "
                   "the released model, 1 for the bundled demo model (its 2-3 step results are broken).",
                   default=0, min=0, max=200, step=1),
-            Input("seed", "int", "Noise seed. The same seed, settings and image give the same result on any device.",
+            Input("seed", "int", "Noise seed. The same seed, settings and image give the same start noise on any device (it is drawn on the "
+                  "CPU); the built-in solvers then give the same result up to float rounding. A wired ancestral or SDE "
+                  "sampler draws its extra noise on the device, so its result also depends on the device.",
                   default=0, min=0, max=SEED_MAX, control_after_generate=True),
             Input("block_control", "INF_DIT_BLOCKS", "Optional Block Size Control. Without it: auto block batch for "
                   "the free memory, frontier on device, auto scan.", optional=True),

@@ -27,7 +27,20 @@ export function parseBlocksMessage(detail) {
     runPass: Number(detail.run_pass ?? 0), // x4/x2 pass of a multi-pass run (x8 = x4 then x2)
     runPasses: Number(detail.run_passes ?? 1),
     scale: Number(detail.scale ?? 0),
+    group: Number.isInteger(detail.group) ? detail.group : null, // set: `done` holds only this group's blocks
   };
+}
+
+// The grid after one message. Messages since 0.3 carry only the group just done (`group` set): its blocks
+// join the ones already done in this network pass; group 0, or another image, pass or grid, starts over.
+// Older messages carry the whole done-list and replace the state.
+export function applyBlocksMessage(previous, message) {
+  if (!message || message.group === null) return message;
+  const same = previous && previous.rows === message.rows && previous.cols === message.cols
+    && previous.image === message.image && previous.evaluation === message.evaluation
+    && previous.runPass === message.runPass && message.group > 0;
+  const done = same ? previous.done.concat(message.done) : message.done;
+  return { ...message, done };
 }
 
 // rows x cols of "done" | "running" | "waiting" for one network pass.

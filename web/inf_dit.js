@@ -2,7 +2,7 @@
 // "inf_dit.blocks" messages) and the memory estimate on Block Size Control. Everything is optional:
 // without messages or the estimate route (older pack, older server) the nodes look like plain nodes.
 import { BLOCKS_EVENT, COLORS, ESTIMATE_ROUTE, cellStates, estimateLabel, estimateQuery, layoutGrid,
-  parseBlocksMessage, progressLabel } from "./grid.js";
+  parseBlocksMessage, progressLabel, applyBlocksMessage } from "./grid.js";
 
 const comfy = window.comfyAPI ?? {};
 const app = comfy.app?.app ?? (await import("../../scripts/app.js")).app;
@@ -71,7 +71,7 @@ app.registerExtension({
       const state = parseBlocksMessage(detail);
       const node = state?.node != null ? app.graph?.getNodeById(Number(state.node)) : null;
       if (!node) return;
-      node.infditBlocks = state;
+      node.infditBlocks = applyBlocksMessage(node.infditBlocks, state);
       node.setDirtyCanvas(true, false);
     });
   },

@@ -60,15 +60,19 @@ def test_block_control_sets_the_block_batch(tiny_handle):
 def test_progress_and_block_messages_advance_per_group(tiny_handle, monkeypatch):
     messages, updates = [], []
     monkeypatch.setattr(comfy_adapter, "send_to_browser", lambda event, data: messages.append((event, data)))
-    monkeypatch.setattr(comfy_adapter.Progress, "update", lambda self, v, t, preview=None: updates.append((v, t, preview.size)))
+    monkeypatch.setattr(comfy_adapter.Progress, "update",
+                        lambda self, v, t, preview=None: updates.append((v, t, preview and preview.size)))
     run(tiny_handle, image(h=40, w=24), steps=2, control=BlockSettings(block_batch=1, scan="rows"))
     # 2 steps = 3 network passes, 2 groups each
     assert [u[:2] for u in updates] == [(i, 6) for i in range(1, 7)]
-    assert all(size == (96, 160) for *_, size in updates)  # preview = the real output, width x height
+    previews = [size for *_, size in updates if size is not None]
+    assert updates[0][2] == updates[-1][2] == (96, 160)  # preview = the real output, width x height
+    assert len(previews) <= 2 + 4 * 60  # throttled: the first, the last, and at most 4 a second between
     event, first = messages[0]
     assert event == "inf_dit.blocks"
     assert first["grid"] == [2, 1] and first["done"] == [[0, 0]] and first["running"] == [[1, 0]]
-    assert messages[1][1]["done"] == [[0, 0], [1, 0]] and messages[1][1]["running"] == []
+    # only what changed: the group just done, not the list of every block done so far
+    assert messages[1][1]["done"] == [[1, 0]] and messages[1][1]["group"] == 1 and messages[1][1]["running"] == []
 
 
 def test_steps_0_samples_with_the_models_own_number(tiny_handle, monkeypatch):
@@ -127,7 +131,7 @@ def test_second_out_of_memory_gives_a_clear_error(tiny_handle, monkeypatch):
     calls = fake_oom(monkeypatch, lambda n, off: True)
     with pytest.raises(upscale.InfDiTOutOfMemory) as err:
         run(tiny_handle, image(h=40, w=24), control=BlockSettings(block_batch=2))
-    assert calls == [(2, False), (1, False)]  # retried exactly once
+    assert calls == [(2, False), (1, False), (1, True)]  # halved, then offloaded, then stopped
     message = str(err.value)
     assert "40x24 -> 160x96" in message.replace("24x40", "40x24") or "24x40 -> 96x160" in message
     assert "Block Size Control" in message or "smaller input" in message

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import test from "node:test";
 
-import { cellStates, estimateLabel, estimateQuery, formatBytes, layoutGrid, parseBlocksMessage,
+import { applyBlocksMessage, cellStates, estimateLabel, estimateQuery, formatBytes, layoutGrid, parseBlocksMessage,
   progressLabel } from "../../web/grid.js";
 
 const message = { node: "7", grid: [2, 3], done: [[0, 0], [0, 1]], running: [[0, 2]], image: 0, images: 2,
@@ -64,4 +64,15 @@ test("estimate query and label", () => {
   assert.equal(estimateLabel(undefined), null);
   assert.equal(formatBytes(512 * 1024 ** 2), "512 MiB");
   assert.equal(formatBytes(NaN), "?");
+});
+
+test("messages with a group add its blocks to the pass's done list; group 0 or a new pass starts over", () => {
+  const msg = (group, done, evaluation = 0) => parseBlocksMessage({ grid: [2, 2], done, running: [], group, evaluation });
+  let state = applyBlocksMessage(null, msg(0, [[0, 0]]));
+  state = applyBlocksMessage(state, msg(1, [[0, 1]]));
+  state = applyBlocksMessage(state, msg(2, [[1, 0]]));
+  assert.deepEqual(cellStates(state), [["done", "done"], ["done", "waiting"]]);
+  assert.deepEqual(applyBlocksMessage(state, msg(0, [[0, 0]], 1)).done, [[0, 0]]); // the next network pass
+  const old = parseBlocksMessage({ grid: [2, 2], done: [[0, 0], [1, 1]] }); // an older payload replaces the state
+  assert.deepEqual(applyBlocksMessage(state, old).done, [[0, 0], [1, 1]]);
 });
