@@ -123,7 +123,7 @@ class OpRecorder(TorchDispatchMode):
             return out
         outs = _tensors(out)
         devices = {t.device.type for t in ins + outs}
-        if packet in (aten.copy_, aten._to_copy, aten._copy_from) and devices == {"cpu", "cuda"}:
+        if packet in (aten.copy_, aten._to_copy, aten._copy_from, aten.to) and devices == {"cpu", "cuda"}:
             src = args[1] if packet is aten.copy_ else args[0]
             dst = args[0] if packet is aten.copy_ else outs[0]
             host = src if src.device.type == "cpu" else dst

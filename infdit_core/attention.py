@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .float8 import FLOAT8, dequantise, quantise
-from .host import pinned_empty
+from . import host
 
 Block = tuple[int, int]
 KEY_GROUPS = ("self", "top_left", "left", "top")
@@ -463,7 +463,7 @@ class KeyValueStore:
         dtype = FLOAT8 if self.float8 else (self.storage_dtype or k.dtype)
 
         def empty(size, dt):
-            return pinned_empty(size, dt) if pin else torch.empty(size, dtype=dt, device=device)
+            return host.pinned_empty(size, dt) if pin else torch.empty(size, dtype=dt, device=device)
 
         self.ring[layer] = (empty(shape, dtype), empty(shape, dtype))
         if self.float8:
