@@ -32,10 +32,10 @@ VIEW_OPS = {
     aten.view_as_real, aten.view_as_complex, aten.diagonal, aten.narrow,
 }
 VALUE_READS = {aten._local_scalar_dense, aten.is_nonzero, aten.item, aten.equal}  # the host needs a device value
-MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.matmul}
-ATTENTION_OPS = {aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_efficient_attention,
+MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.matmul, aten.linear}
+ATTENTION_OPS = {aten.scaled_dot_product_attention, aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_efficient_attention,
                  aten._scaled_dot_product_cudnn_attention, aten._scaled_dot_product_flash_attention_for_cpu}
-CONV_OPS = {aten.convolution}
+CONV_OPS = {aten.convolution, aten.conv2d}
 META_ONLY = {aten.empty, aten.empty_strided, aten.empty_like, aten.new_empty, aten.new_empty_strided,
              aten._local_scalar_dense, aten.sym_size, aten.sym_stride, aten.sym_numel, aten.sym_storage_offset,
              aten.is_pinned, aten._has_compatible_shallow_copy_type, aten.set_}
@@ -59,11 +59,12 @@ class Counts:
     attention_flops: float = 0.0
     attention_calls: int = 0
     ops: Counter = dataclasses.field(default_factory=Counter)
+    op_bytes: Counter = dataclasses.field(default_factory=Counter)  # element-wise bytes by op
 
     def add(self, other: "Counts") -> None:
         for f in dataclasses.fields(self):
-            if f.name == "ops":
-                self.ops.update(other.ops)
+            if f.name in ("ops", "op_bytes"):
+                getattr(self, f.name).update(getattr(other, f.name))
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
@@ -138,8 +139,12 @@ class OpRecorder(TorchDispatchMode):
             return out
         if "cuda" not in devices:
             return out
+        if packet is aten.to and outs and outs[0] is args[0]:  # already in that dtype: no kernel
+            return out
         c.kernels += 1
-        if packet in MATMUL_OPS:
+        if packet is aten.linear:
+            c.matmul_flops += 2 * args[0].numel() * args[1].shape[0]
+        elif packet in MATMUL_OPS:
             a, b = [t for t in ins if t.dim() >= 2][-2:]
             c.matmul_flops += 2 * a.numel() * b.shape[-1]
         elif packet in CONV_OPS:
@@ -150,7 +155,9 @@ class OpRecorder(TorchDispatchMode):
             c.attention_calls += 1
             c.attention_flops += 4 * q.numel() * k.shape[-2]
         else:
-            c.elementwise_bytes += sum(_nbytes(t) for t in ins + outs)
+            moved = sum(_nbytes(t) for t in ins + outs)
+            c.elementwise_bytes += moved
+            c.op_bytes[packet.__name__] += moved
         return out
 
 

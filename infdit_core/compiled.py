@@ -53,9 +53,11 @@ def _guarded(compiled_fn, eager_fn):
             return eager_fn(*args)
         try:
             return compiled_fn(*args)
-        except torch.OutOfMemoryError:
-            raise  # a real run-time condition: the caller's out-of-memory handling applies
+        except (torch.OutOfMemoryError, torch.AcceleratorError):
+            raise  # real run-time conditions (out of memory, a sticky CUDA error): not "compile unavailable"
         except Exception as e:  # compile-time failures surface at the first call; a real error recurs eagerly
+            if "CUDA error" in str(e) or "device-side assert" in str(e):
+                raise
             _fallback_warning(_reason(e))
             return eager_fn(*args)
 

@@ -65,7 +65,8 @@ class Ranks:
 
 def start(device: str) -> Ranks:
     """Join the torchrun group if there is one. A plain `cuda` device becomes `cuda:LOCAL_RANK`
-    (one GPU per local rank); an explicit index or `cpu` is kept."""
+    (one GPU per local rank); `cpu` is kept; an explicit `cuda:N` with several processes is refused (they
+    would all share that one GPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Ranks(device=device)
@@ -80,6 +81,10 @@ def start(device: str) -> Ranks:
                 "start at most that many processes per node (--nproc-per-node) or pass --device cpu"
             )
         device = f"cuda:{local_rank}"
+    elif device.startswith("cuda:") and world_size > 1:
+        # every rank would share the one GPU named: refuse instead of silently crowding it
+        raise SystemExit(f"--device {device} under torchrun puts all {world_size} processes on one GPU: pass "
+                         "--device cuda (each process takes cuda:LOCAL_RANK), or run a single process")
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     base, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=JOIN_TIMEOUT))

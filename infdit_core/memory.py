@@ -207,7 +207,11 @@ def _cached_group_reads(plan: BlockPlan) -> int:
 #   host, sets the pace, and at n = 16 the launch cost is under 5% of a group's GPU time and every matmul
 #   has 16,384 rows (full tiles on every SM). A larger group cuts launches per block no further, it only
 #   takes memory from the other models a ComfyUI server keeps. benchmarks/gpu.py measures 1, 4, 16, 64.
+#   With the frontier offloaded the host link sets the pace instead: a group fetches the line of blocks
+#   above it once per layer, so the bytes per block fall with the group's length (16 blocks: ~160 MB per
+#   block and evaluation over PCIe; 64 = two lines of a 4096 px image: ~75 MB): there the cap is 64.
 FASTEST_BLOCK_BATCH = {"cpu": 1, "cuda": 16}
+OFFLOADED_CUDA_BLOCK_BATCH = 64
 
 
 def fastest_block_batch(device=None) -> int | None:
@@ -239,6 +243,8 @@ def choose_block_batch(
     bs = config.block_size
     total = -(-out_height // bs) * -(-out_width // bs)
     cap = fastest_block_batch(device)
+    if cap is not None and offload_frontier and cap > 1:
+        cap = OFFLOADED_CUDA_BLOCK_BATCH
 
     def estimate(n: int) -> int:
         return estimate_peak_bytes(config, out_height, out_width, n, dtype, offload_frontier, batch, scan, include_clip,
