@@ -51,10 +51,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infdit_core import BlockGroupDone, InfDiT, InfDiTConfig, estimate_peak_bytes, sample  # noqa: E402
+from infdit_core.attention import attention_variant  # noqa: E402
 from infdit_core.flops import evaluation_flops  # noqa: E402
+from infdit_core.precision import auto_dtype  # noqa: E402
 from memory import header  # noqa: E402
 
-DEFAULT_SETTINGS = "auto,1,4,16,64,auto:offload,16:offload,auto:compile,16:compile"
+DEFAULT_SETTINGS = "auto,1,4,16,64,all,auto:offload,16:offload,64:offload,auto:compile,16:compile"
+VARIANTS = ("lse_merge", "concat", "cudnn")  # attention variants A/B'd at block batch 16 (attention.py)
 TINY_CONFIG = dict(layers=2, hidden=64, heads=2, vector_dim=0)
 
 
@@ -72,9 +75,10 @@ class Setting:
     def parse(cls, text: str) -> "Setting":
         head, *flags = text.strip().split(":")
         unknown = set(flags) - {"offload", "compile"}
-        if unknown or not (head == "auto" or head.isdigit() and int(head) >= 1):
-            raise SystemExit(f"bad setting {text!r}: use auto or N >= 1, optionally with :offload and/or :compile")
-        return cls("auto" if head == "auto" else int(head), "offload" in flags, "compile" in flags)
+        if unknown or not (head in ("auto", "all") or head.isdigit() and int(head) >= 1):
+            raise SystemExit(f"bad setting {text!r}: use auto, all (one group) or N >= 1, optionally with :offload "
+                             "and/or :compile")
+        return cls(head if head in ("auto", "all") else int(head), "offload" in flags, "compile" in flags)
 
     @property
     def name(self) -> str:
@@ -130,7 +134,10 @@ def run_setting(model, lr, setting: Setting, min_groups: int, seconds: float, de
         if limit(len(times)):
             raise _Stop
 
-    kwargs = dict(steps=1, block_batch=setting.block_batch, offload_frontier=setting.offload, compile=setting.compile)
+    block_batch = setting.block_batch
+    if block_batch == "all":  # the whole image as one group
+        block_batch = -(-lr.shape[-2] * 4 // model.config.block_size) * -(-lr.shape[-1] * 4 // model.config.block_size)
+    kwargs = dict(steps=1, block_batch=block_batch, offload_frontier=setting.offload, compile=setting.compile)
     t0 = time.perf_counter()
     try:  # warm-up: the first two groups (compiles where compile=True)
         sample(model, lr, callback=lambda e: callback(e, lambda k: k >= 2), **kwargs)
@@ -206,21 +213,44 @@ def main(argv=None) -> int:
         if time.perf_counter() - began > args.budget:
             skipped.append(setting.name)
             continue
-        n_hint = setting.block_batch if isinstance(setting.block_batch, int) else 1
+        n_hint = setting.block_batch if isinstance(setting.block_batch, int) else 1 if setting.block_batch == "auto" else rows * cols
         r = run_setting(model, lr, setting, min_groups_for(min(n_hint, rows * cols)), seconds, device)
         r["tflops"] = r["blocks_per_s"] * flops_per_block / 1e12
         r["share_of_peak"] = r["tflops"] * 1e12 / peak
-        est = estimate_peak_bytes(config, rows * bs, cols * bs, r["block_batch"], dtype, setting.offload, 1, "auto", False)
+        est = estimate_peak_bytes(config, rows * bs, cols * bs, r["block_batch"], dtype, setting.offload, 1, "auto", False,
+                                  device=device)
         r["estimate_bytes"] = est.total
         results.append(r)
         print(f"  {r['setting']:>16}: {r['seconds_per_evaluation']:.3f} s/evaluation, {r['tflops']:.2f} TFLOP/s",
               file=sys.stderr, flush=True)
 
+    variants = []
+    for variant in VARIANTS:  # the same evaluation with each attention variant; max difference to the first
+        if time.perf_counter() - began > args.budget:
+            skipped.append(f"variant {variant}")
+            continue
+        with attention_variant(variant):
+            r = run_setting(model, lr, Setting(min(16, rows * cols)), min_groups_for(min(16, rows * cols)), seconds, device)
+            torch.manual_seed(0)
+            out = sample(model, lr[..., :64, :64], steps=1, block_batch=1)
+        ref = variants[0]["out"] if variants else out
+        variants.append(dict(variant=variant, seconds_per_evaluation=r["seconds_per_evaluation"], out=out,
+                             max_difference=float((out.float() - ref.float()).abs().max())))
+        print(f"  attention {variant}: {r['seconds_per_evaluation']:.3f} s/evaluation", file=sys.stderr, flush=True)
+    for v in variants:
+        v.pop("out")
+    host_stats = None
+    if device.type == "cuda" and time.perf_counter() - began <= args.budget:  # full-size images on the host
+        sample(model, lr[..., :256, :256], steps=1, block_batch=4, image_device="cpu")
+        stats = torch.cuda.host_memory_stats()
+        host_stats = {k: v for k, v in stats.items() if "bytes" in k and ("peak" in k or "current" in k)}
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-tiny"
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     report = dict(
         header=header(), device=device_name, dtype="bfloat16", config=dataclasses.asdict(config),
         input=f"{size}x{size}", output=f"{rows * bs}x{cols * bs}", blocks=rows * cols,
         flops_per_evaluation=flops_per_block * rows * cols, matmul_peak_flops=peak, results=results, skipped=skipped,
+        capability=capability, auto_dtype=str(auto_dtype(device)), attention_variants=variants, host_memory=host_stats,
         elapsed_s=time.perf_counter() - began,
     )
     table = markdown(report)
@@ -252,6 +282,17 @@ def markdown(report: dict) -> str:
             f"| {r['setting']} | {r['block_batch']} | {r['groups']} | {timed} | {r['seconds_per_evaluation']:.3f} "
             f"| {r['blocks_per_s']:.2f} | {r['tflops']:.3f} | {r['share_of_peak'] * 100:.1f}% | {peak} "
             f"| {r['estimate_bytes'] / gib:.2f} | {r['warmup_s']:.1f} |")
+    cap = report.get("capability")
+    lines += ["", f"Compute capability {cap}: auto dtype {report['auto_dtype']} (bf16 needs 8.0+)." if cap else
+              f"auto dtype here: {report['auto_dtype']}."]
+    if report.get("attention_variants"):
+        lines += ["", "| attention variant (block batch 16) | s / evaluation | max difference to lse_merge (64 px run) |",
+                  "| --- | ---: | ---: |"]
+        lines += [f"| {v['variant']} | {v['seconds_per_evaluation']:.3f} | {v['max_difference']:.3g} |"
+                  for v in report["attention_variants"]]
+    if report.get("host_memory"):
+        lines += ["", "Pinned host memory after a host-images run: "
+                  + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in report["host_memory"].items())]
     if report["skipped"]:
         lines += ["", f"Skipped (time budget): {', '.join(report['skipped'])}"]
     return "\n".join(lines) + "\n"
