@@ -30,7 +30,11 @@ def test_gpu_benchmark_tiny_runs_every_kind_of_setting_and_writes_json_and_markd
         assert r["estimate_bytes"] > 0 and r["peak_bytes"] is None  # no device memory counter on CPU
         assert abs(r["blocks_per_s"] * r["seconds_per_evaluation"] - 4) < 1e-6
     table = (tmp_path / "gpu_cpu-tiny.md").read_text()
-    assert table.count("\n| ") == 2 + len(rows)  # header, rule, one line per setting
+    variants = report["attention_variants"]
+    assert [v["variant"] for v in variants] == ["lse_merge", "concat", "cudnn"]
+    assert all(v["max_difference"] < 5e-2 for v in variants)  # equal within bf16 tolerance
+    # two tables: header, rule, one line per setting; header, rule, one line per attention variant
+    assert table.count("\n| ") == 2 + len(rows) + 2 + len(variants)
 
 
 def test_gpu_benchmark_stops_early_and_extrapolates(tmp_path):
