@@ -19,8 +19,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .float8 import FLOAT8, dequantise, quantise
 from . import host
+from .float8 import FLOAT8, dequantise, quantise
+from .precision import native_bf16
 
 Block = tuple[int, int]
 KEY_GROUPS = ("self", "top_left", "left", "top")
@@ -79,7 +80,7 @@ def block_attention(q, k4, v4, group_embed):
     return out.transpose(1, 2).reshape(b, n, t, h * d)
 
 
-def attend_key_groups(q, keys, values, group_embed, variant: str | None = None) -> torch.Tensor:
+def attend_key_groups(q, keys, values, group_embed) -> torch.Tensor:
     """Attention of m blocks over four key groups given as separate tensors.
 
     q: (m, T, h, d); keys, values: four (m, T, h, d) tensors (any strides with a contiguous last dim,
@@ -95,7 +96,7 @@ def attend_key_groups(q, keys, values, group_embed, variant: str | None = None) 
         k = torch.cat([kg + e.to(kg.dtype) for kg, e in zip(keys, group_embed)], dim=1)
         v = torch.cat(list(values), dim=1)
         return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-    variant = resolve_variant(variant, q.device)
+    variant = resolve_variant(None, q.device)
     if variant == "concat":
         return _attend_concatenated(q, keys, values, group_embed)
     d = q.shape[-1]
@@ -125,8 +126,8 @@ def _attend_concatenated(q, keys, values, group_embed) -> torch.Tensor:
     m, t, h, d = q.shape
     k = q.new_empty(m, 4 * t, h, d)
     v = q.new_empty(m, 4 * t, h, d)
-    for g in range(4):
-        torch.add(keys[g], group_embed[g].to(q.dtype), out=k[:, g * t:(g + 1) * t])
+    for g, embed in enumerate(group_embed.to(q.dtype).unbind(0)):
+        torch.add(keys[g], embed, out=k[:, g * t:(g + 1) * t])
         v[:, g * t:(g + 1) * t].copy_(values[g])
     return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
@@ -153,21 +154,6 @@ def lse_kernels(device, dtype, cudnn: bool = False) -> tuple[str, ...]:
     elif dtype == torch.float32:
         kernels.append("efficient")
     return tuple(kernels)
-
-
-def capability(device) -> tuple[int, int] | None:
-    """CUDA compute capability of this device (its own index), None when it cannot be read (no driver:
-    planning for a GPU from a machine without one assumes a current card)."""
-    try:
-        return tuple(torch.cuda.get_device_capability(torch.device(device)))
-    except (RuntimeError, AssertionError, AttributeError):
-        return None
-
-
-def native_bf16(device) -> bool:
-    """bf16 multiplied natively (compute capability 8.0+) on this CUDA device; unknown counts as yes."""
-    cap = capability(device)
-    return cap is None or cap >= (8, 0)
 
 
 def chosen_kernel(device, dtype, cudnn: bool = False) -> str:
@@ -203,11 +189,20 @@ def attention_with_lse(q, k, v, scale, cudnn: bool = False):
     (`lse_kernels`): a kernel that fails is noted once and the next is tried; (None, None) when none
     is left (the caller then copies the groups and makes one call)."""
     key = (str(q.device), q.dtype, cudnn)
+    chosen = _CHOSEN.get(key)
+    if chosen == "concat":
+        return None, None
+    if chosen is not None:  # the usual call: the kernel that ran before, no device query
+        try:
+            out, lse = _run_kernel(chosen, q, k, v, scale)
+            return out, lse.float()
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, AttributeError, NotImplementedError) as e:
+            warnings.warn(f"attention kernel {chosen} failed for {key[:2]}; trying the next ({e})")
     kernels = lse_kernels(q.device, q.dtype, cudnn)
-    if key in _CHOSEN:
-        if _CHOSEN[key] == "concat":
-            return None, None
-        kernels = kernels[kernels.index(_CHOSEN[key]):]
+    if chosen is not None:
+        kernels = kernels[kernels.index(chosen) + 1:] if chosen in kernels else ()
     for name in kernels:
         try:
             out, lse = _run_kernel(name, q, k, v, scale)

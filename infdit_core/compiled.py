@@ -24,6 +24,8 @@ import torch
 
 from .model import EAGER_STAGES, LayerStages
 
+# Run-time failures that must reach the caller, not read as "compile unavailable" (AcceleratorError: torch >= 2.8).
+_RUNTIME_ERRORS = tuple(e for e in (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", None)) if e is not None)
 _BACKEND = "inductor"  # torch's default; tests swap in a failing one to simulate a machine without a compiler
 _compiled: LayerStages | None = None
 _unavailable: str | None = None  # why compiling failed in this process; then eager only, no more warnings
@@ -53,10 +55,10 @@ def _guarded(compiled_fn, eager_fn):
             return eager_fn(*args)
         try:
             return compiled_fn(*args)
-        except (torch.OutOfMemoryError, torch.AcceleratorError):
-            raise  # real run-time conditions (out of memory, a sticky CUDA error): not "compile unavailable"
+        except _RUNTIME_ERRORS:
+            raise  # out of memory, a sticky CUDA error: the caller's handling applies
         except Exception as e:  # compile-time failures surface at the first call; a real error recurs eagerly
-            if "CUDA error" in str(e) or "device-side assert" in str(e):
+            if "CUDA error" in str(e):  # an older torch's plain RuntimeError for the same
                 raise
             _fallback_warning(_reason(e))
             return eager_fn(*args)

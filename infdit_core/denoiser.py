@@ -19,7 +19,7 @@ from .sampler import BlockGroupDone
 from .scheduler import BlockPlan
 
 
-def full_size_like(x: torch.Tensor, compute_device=None) -> torch.Tensor:
+def full_size_like(x: torch.Tensor) -> torch.Tensor:
     """An empty full-size image next to x (never pinned: only each group's blocks are staged)."""
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 

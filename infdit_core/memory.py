@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import chosen_kernel, native_bf16, neighbour_blocks, resolve_variant
+from .attention import chosen_kernel, neighbour_blocks, resolve_variant
 from .config import LR_WINDOW, InfDiTConfig
 from .host import pinned_bytes
+from .precision import native_bf16
 from .scheduler import BlockPlan, plan_blocks
 
 # Alive at the attention of a layer: the layer input, q/k/v (3), normed and roped q and k (2), the
@@ -255,7 +256,7 @@ def choose_block_batch(
                                            scan, include_clip, images_on_host, float8_frontier, image_buffers, device)
     fitting = [(n, e) for n in range(1, min(cap, total) + 1) if (e := estimate(n)) <= budget_bytes]
     best, best_bytes = fitting[-1] if fitting else (1, estimate(1))
-    if total > best and cap > 1 and (whole := estimate(total)) <= min(budget_bytes, best_bytes):
+    if total > best and cap > 1 and estimate(total) <= min(budget_bytes, best_bytes):
         return total
     return best
 
@@ -317,7 +318,8 @@ def free_device_memory(device) -> int:
     return 8 * 1024**3  # unknown platform: assume a modest machine
 
 
-def default_budget(device) -> int:
-    """Free memory minus a margin of 10% (at least 512 MiB) for other tensors and fragmentation."""
-    free = free_device_memory(device)
+def default_budget(device, free: int | None = None) -> int:
+    """Free memory (`free`, or read now) minus a margin of 10% (at least 512 MiB) for other tensors and
+    fragmentation."""
+    free = free_device_memory(device) if free is None else free
     return max(free - max(free // 10, 512 * 1024**2), 0)

@@ -257,11 +257,11 @@ def smallest_fitting(plan: RunPlan, config, free: int, dtype=torch.bfloat16, inc
     return fits, smallest
 
 
-def model_budget(model) -> int:
-    """Default budget for "auto" on the model's device: free memory minus a margin, plus the weights
-    already resident there (the estimate counts them, and free memory no longer does, on any device)."""
+def model_budget(model, free: int | None = None) -> int:
+    """Default budget for "auto" on the model's device: free memory (`free`, or what torch reports) minus a
+    margin, plus the weights already resident there (the estimate counts them, free memory does not)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return default_budget(model.device) + weights
+    return default_budget(model.device, free) + weights
 
 
 def host_bytes(plan: RunPlan, compute_on_cpu: bool) -> int:

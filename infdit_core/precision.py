@@ -23,15 +23,25 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def cuda_capability(device) -> tuple[int, int]:
-    """(major, minor) compute capability of this CUDA device (its own index; the current one if none)."""
-    return tuple(torch.cuda.get_device_capability(torch.device(device)))
+def capability(device) -> tuple[int, int] | None:
+    """CUDA compute capability of this device (its own index), None when it cannot be read (no driver:
+    planning for a GPU from a machine without one assumes a current card)."""
+    try:
+        return tuple(torch.cuda.get_device_capability(torch.device(device)))
+    except (RuntimeError, AssertionError, AttributeError):
+        return None
+
+
+def native_bf16(device) -> bool:
+    """bf16 multiplied natively (compute capability 8.0+) on this CUDA device; unknown counts as yes."""
+    cap = capability(device)
+    return cap is None or cap >= (8, 0)
 
 
 def auto_dtype(device) -> torch.dtype:
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.bfloat16 if cuda_capability(device) >= (8, 0) else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32

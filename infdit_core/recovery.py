@@ -8,8 +8,8 @@ import logging
 
 import torch
 
-from .attention import native_bf16
 from .plan import GIB, RunPlan, fallback, smallest_fitting
+from .precision import native_bf16
 
 log = logging.getLogger("inf_dit")
 

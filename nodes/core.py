@@ -13,7 +13,7 @@ try:
     from ..infdit_core.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
     from ..infdit_core.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
     from ..infdit_core.precision import auto_dtype  # noqa: F401
-    from ..infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
+    from ..infdit_core.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from ..infdit_core.scheduler import plan_blocks  # noqa: F401
     from ..infdit_core.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401
 except ImportError:  # "attempted relative import beyond top-level package": nodes/ is top-level
@@ -26,6 +26,6 @@ except ImportError:  # "attempted relative import beyond top-level package": nod
     from infdit_core.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
     from infdit_core.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
     from infdit_core.precision import auto_dtype  # noqa: F401
-    from infdit_core.plan import fallback, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
+    from infdit_core.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from infdit_core.scheduler import plan_blocks  # noqa: F401
     from infdit_core.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401

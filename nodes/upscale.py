@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from . import comfy_adapter as comfy
-from .block_size import GIB, BlockSettings
+from .block_size import BlockSettings
 from .core import (
-    BlockGroupDone, InfDiTOutOfMemory, image_buffers, parse_target, plan_blocks, plan_run, run_with_recovery,
-    upscale_image,
+    BlockGroupDone, InfDiTOutOfMemory, image_buffers, model_budget, parse_target, plan_blocks, plan_run,
+    run_with_recovery, upscale_image,
 )
 from .progress import EVENT, BlockTracker
 from .sampling import COLOR_FIXES, SOLVERS, sampling
@@ -22,10 +22,7 @@ SCALE_OPTIONS = ("4", "2", "8", "16", "1", "1.5", "3", "6")
 def _budget(handle, device, settings: BlockSettings) -> int:
     if settings.memory_budget is not None:
         return settings.memory_budget
-    free = comfy.free_memory_bytes(device)
-    # The weights are already resident, but the estimate counts them: add them back. Keep a 10% margin.
-    weights = sum(p.numel() * p.element_size() for p in handle.model.parameters())
-    return max(free - max(free // 10, 512 * 1024**2), 0) + weights
+    return model_budget(handle.model, comfy.free_memory_bytes(device))
 
 
 def _factor(scale) -> float:
