@@ -32,7 +32,7 @@ VIEW_OPS = {
     aten.view_as_real, aten.view_as_complex, aten.diagonal, aten.narrow,
 }
 VALUE_READS = {aten._local_scalar_dense, aten.is_nonzero, aten.item, aten.equal}  # the host needs a device value
-MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.matmul, aten.linear}
+MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.matmul, aten.linear, aten._addmm_activation}
 ATTENTION_OPS = {aten.scaled_dot_product_attention, aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_efficient_attention,
                  aten._scaled_dot_product_cudnn_attention, aten._scaled_dot_product_flash_attention_for_cpu}
 CONV_OPS = {aten.convolution, aten.conv2d}
@@ -155,7 +155,14 @@ class OpRecorder(TorchDispatchMode):
             c.attention_calls += 1
             c.attention_flops += 4 * q.numel() * k.shape[-2]
         else:
-            moved = sum(_nbytes(t) for t in ins + outs)
+            # bytes read (the inputs) + bytes written (the outputs); a tensor only written (copy_'s and an
+            # out= argument's destination) is not also read
+            written = {id(t) for t in outs}
+            read = [t for t in _tensors(list(args[1:] if packet is aten.copy_ else args)
+                                        + [v for k, v in kwargs.items() if k != "out"])]
+            if packet is not aten.copy_ and not func._schema.name.endswith("_"):
+                read = [t for t in read if id(t) not in written] if "out" in kwargs else read
+            moved = sum(_nbytes(t) for t in read) + sum(_nbytes(t) for t in outs)
             c.elementwise_bytes += moved
             c.op_bytes[packet.__name__] += moved
         return out
@@ -198,8 +205,10 @@ class _Event:
 def fake_cuda(capability=(9, 0), total_memory: int = 80 * 10**9, free_memory: int | None = None):
     """Inside: `torch.cuda` answers as a GPU of this `capability` and memory would, every new tensor is fake,
     and `recorder` (yielded) counts what the code asks of the device."""
-    import infdit_core.host as host
-
+    try:
+        import infdit_core.host as host
+    except ImportError:  # a version of the core before host.py (gpu_model.py --core measures one)
+        host = None
     pinned: set = set()
     free = total_memory if free_memory is None else free_memory
     saved = []
@@ -235,7 +244,8 @@ def fake_cuda(capability=(9, 0), total_memory: int = 80 * 10**9, free_memory: in
     patch(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     patch(torch.Tensor, "record_stream", lambda self, s: None)
     patch(torch.Tensor, "pin_memory", pin_memory)
-    patch(host, "pinned_empty", pinned_empty)
+    if host is not None:
+        patch(host, "pinned_empty", pinned_empty)
     _Event.waits = 0
     recorder = OpRecorder(pinned)
     try:

@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infdit_core import BlockGroupDone, InfDiT, InfDiTConfig, estimate_peak_bytes, sample  # noqa: E402
 from infdit_core.attention import attention_variant  # noqa: E402
 from infdit_core.flops import evaluation_flops  # noqa: E402
+from infdit_core.layers import linear_gelu  # noqa: E402
 from infdit_core.precision import auto_dtype  # noqa: E402
 from memory import header  # noqa: E402
 
@@ -239,6 +240,10 @@ def main(argv=None) -> int:
         print(f"  attention {variant}: {r['seconds_per_evaluation']:.3f} s/evaluation", file=sys.stderr, flush=True)
     for v in variants:
         v.pop("out")
+    fused = torch.nn.Linear(1280, 5120, device=device, dtype=dtype)  # the MLP's fused matmul + GELU (layers.py)
+    x = torch.randn(4096, 1280, device=device, dtype=dtype)
+    gelu_difference = float((linear_gelu(x, fused).float()
+                             - torch.nn.functional.gelu(fused(x), approximate="tanh").float()).abs().max())
     host_stats = None
     if device.type == "cuda" and time.perf_counter() - began <= args.budget:  # full-size images on the host
         sample(model, lr[..., :256, :256], steps=1, block_batch=4, image_device="cpu")
@@ -251,6 +256,7 @@ def main(argv=None) -> int:
         input=f"{size}x{size}", output=f"{rows * bs}x{cols * bs}", blocks=rows * cols,
         flops_per_evaluation=flops_per_block * rows * cols, matmul_peak_flops=peak, results=results, skipped=skipped,
         capability=capability, auto_dtype=str(auto_dtype(device)), attention_variants=variants, host_memory=host_stats,
+        fused_gelu_max_difference=gelu_difference,
         elapsed_s=time.perf_counter() - began,
     )
     table = markdown(report)
@@ -290,6 +296,8 @@ def markdown(report: dict) -> str:
                   "| --- | ---: | ---: |"]
         lines += [f"| {v['variant']} | {v['seconds_per_evaluation']:.3f} | {v['max_difference']:.3g} |"
                   for v in report["attention_variants"]]
+    lines += ["", f"MLP matmul with the GELU epilogue against linear then gelu(tanh): max difference "
+              f"{report['fused_gelu_max_difference']:.3g} (bf16 rounding step at 1: 0.0078)."]
     if report.get("host_memory"):
         lines += ["", "Pinned host memory after a host-images run: "
                   + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in report["host_memory"].items())]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import host
 from .float8 import FLOAT8, dequantise, quantise
-from .precision import native_bf16
+from .precision import capability, native_bf16
 
 Block = tuple[int, int]
 KEY_GROUPS = ("self", "top_left", "left", "top")
@@ -111,9 +111,10 @@ def attend_key_groups(q, keys, values, group_embed) -> torch.Tensor:
         outs.append(out)
         lses.append(lse)
     # q.e_g for every query and group: (m, h, T, 4)
-    shift = torch.matmul(qt, group_embed.to(q.dtype).permute(1, 2, 0)[None]).float() * scale
+    embed = group_embed if group_embed.dtype == q.dtype else group_embed.to(q.dtype)
+    shift = torch.matmul(qt, embed.permute(1, 2, 0)[None]).float() * scale
     lses = torch.stack(lses).add_(shift.permute(3, 0, 1, 2))
-    weights = torch.softmax(lses, dim=0).unsqueeze(-1)  # (4, m, h, T, 1), float32
+    weights = torch.softmax(lses, dim=0).unsqueeze(-1).unbind(0)  # 4 x (m, h, T, 1), float32
     acc = outs[0].float().mul_(weights[0]) if q.dtype != torch.float32 else outs[0].mul_(weights[0])
     for g in range(1, 4):
         acc.addcmul_(outs[g], weights[g])
@@ -121,15 +122,58 @@ def attend_key_groups(q, keys, values, group_embed) -> torch.Tensor:
 
 
 def _attend_concatenated(q, keys, values, group_embed) -> torch.Tensor:
-    """The four groups written side by side into one (m, 4T, h, d) key and value buffer (the embedding
-    added on the way), then one attention call over all 4T keys."""
+    """The four groups copied side by side, then one attention call over all 4T keys."""
+    return attend_concatenated(q, [(0, q.shape[0], keys, values)], group_embed)
+
+
+def attend_concatenated(q, parts, group_embed) -> torch.Tensor:
+    """Attention of m blocks q (m, T, h, d) over their four key groups, written side by side into one
+    (m, 4T, h, d) key and value buffer (the group embedding added on the way) and attended in one call.
+    parts: [(start, length, keys, values)]: the four key and value groups of blocks start..start+length
+    (views anywhere: the group's own k/v, the ring). Returns (m, T, h, d)."""
     m, t, h, d = q.shape
-    k = q.new_empty(m, 4 * t, h, d)
-    v = q.new_empty(m, 4 * t, h, d)
-    for g, embed in enumerate(group_embed.to(q.dtype).unbind(0)):
-        torch.add(keys[g], embed, out=k[:, g * t:(g + 1) * t])
-        v[:, g * t:(g + 1) * t].copy_(values[g])
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    k = q.new_empty(m, 4, t, h, d)
+    k_groups = k.unbind(1)
+    embeds = (group_embed if group_embed.dtype == q.dtype else group_embed.to(q.dtype)).unbind(0)
+    single = len(parts) == 1
+    if single:  # one run: the values are one concatenation (one call instead of four copies)
+        v = torch.cat(parts[0][3], dim=1)
+    else:
+        v = q.new_empty(m, 4, t, h, d)
+        v_groups = v.unbind(1)
+    for start, length, keys, values in parts:
+        for g in range(4):
+            torch.add(keys[g], embeds[g], out=k_groups[g] if single else k_groups[g][start:start + length])
+            if not single:
+                v_groups[g][start:start + length].copy_(values[g])
+    return _one_call(q, k.view(m, 4 * t, h, d), v.view(m, 4 * t, h, d))
+
+
+# Per (device with its index, dtype): "cudnn" while cuDNN's kernel takes the one call over 4T keys, "sdpa"
+# once it refused (then torch's own choice, flash first).
+_ONE_CALL: dict = {}
+
+
+def _one_call(q, k, v) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for (m, T, h, d) q and (m, 4T, h, d) k, v -> (m, T, h, d). On Hopper and
+    newer cuDNN's kernel first: torch ranks it after flash, but on those cards it runs head dim 80
+    unpadded and is the faster one (torch 2.5's release measured up to 75% over FA2 on H100;
+    benchmarks/gpu.py measures it here); a refusal falls back to F.scaled_dot_product_attention."""
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    key = (str(q.device), q.dtype)
+    if q.device.type == "cuda" and q.dtype != torch.float32 and _ONE_CALL.get(key) != "sdpa":
+        cap = capability(q.device)
+        if cap is not None and cap >= (9, 0):
+            try:
+                out = torch.ops.aten._scaled_dot_product_cudnn_attention(qt, kt, vt, None, False)[0]
+                _ONE_CALL[key] = "cudnn"
+                return out.transpose(1, 2)
+            except torch.OutOfMemoryError:
+                raise
+            except (RuntimeError, AttributeError, NotImplementedError) as e:
+                warnings.warn(f"cuDNN attention unavailable for {key}; using torch's choice ({e})")
+                _ONE_CALL[key] = "sdpa"
+    return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
 
 
 # Per (device with its index, dtype): the first log-sum-exp kernel that ran, or "concat" when none did.
@@ -167,8 +211,7 @@ def chosen_kernel(device, dtype, cudnn: bool = False) -> str:
 
 def _run_kernel(name, q, k, v, scale):
     if name == "flash_cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
-        return out, lse
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
     if name == "flash":
         res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scale)
     elif name == "efficient":  # its log-sum-exp is padded to a multiple of 32 queries
@@ -178,7 +221,7 @@ def _run_kernel(name, q, k, v, scale):
     lse = res[1]
     if lse.dim() == 4:  # cuDNN: (N, h, Tq, 1)
         lse = lse.squeeze(-1)
-    return res[0], lse[..., : q.shape[-2]]
+    return res[0], lse if lse.shape[-1] == q.shape[-2] else lse[..., : q.shape[-2]]
 
 
 def attention_with_lse(q, k, v, scale, cudnn: bool = False):
@@ -195,7 +238,7 @@ def attention_with_lse(q, k, v, scale, cudnn: bool = False):
     if chosen is not None:  # the usual call: the kernel that ran before, no device query
         try:
             out, lse = _run_kernel(chosen, q, k, v, scale)
-            return out, lse.float()
+            return out, lse if lse.dtype == torch.float32 else lse.float()
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, AttributeError, NotImplementedError) as e:
@@ -212,7 +255,7 @@ def attention_with_lse(q, k, v, scale, cudnn: bool = False):
             warnings.warn(f"attention kernel {name} unavailable for {key[:2]}; trying the next ({e})")
             continue
         _CHOSEN[key] = name
-        return out, lse.float()
+        return out, lse if lse.dtype == torch.float32 else lse.float()
     _CHOSEN[key] = "concat"
     return None, None
 
@@ -252,6 +295,7 @@ class KeyValueStore:
         self.live: set[int] = set()  # scan positions written and not yet released
         self.done: set[int] = set()  # scan positions of every group computed so far (and the current one)
         self.ring: list = [None] * layers  # per layer: (keys, values), each (slots, B, T, h, d)
+        self._rings_of_one: list = [None] * layers  # the same, first image: (slots, T, h, d) views
         self._group = None  # (blocks, {position: index in group}, runs, [(position, index) to write]) of the group
         self._compute_device = None
         self._staged: dict = {}  # offloaded: layer -> (fetched spans per run, event)
@@ -309,34 +353,41 @@ class KeyValueStore:
         """q, k, v: (B, n, T, h, d) of `blocks` (after rotary) -> attention output (B, n, T, h*d)."""
         blocks = list(blocks)
         self._compute_device = q.device
-        runs = self._runs(blocks)
-        cached = self._cached_runs(layer, runs)
-        if self.offloaded and layer + 1 < self.layers:
-            self._staged[layer + 1] = self._fetch(layer + 1, runs)  # in flight while this layer computes
         b, n, t, h, d = q.shape
-        if b == 1 and len(runs) == 1 and all(s == "group" for s, _ in runs[0][2]) and resolve_variant(
-                None, q.device) == "concat":
-            out = None  # one run over the group's own blocks: the attention's output is the result
-        else:
-            out = q.new_empty(b, n, t, h * d)
+        one = b == 1  # one image: the batch dimension is dropped once, not per key group
+        runs = self._runs(blocks)
+        cached = self._cached_runs(layer, runs, one)
+        if self.offloaded and layer + 1 < self.layers:
+            self._staged[layer + 1] = self._fetch(layer + 1, runs, one)  # in flight while this layer computes
+        concat = resolve_variant(None, q.device) == "concat" and not torch.is_grad_enabled()
+        out = None if concat and one else q.new_empty(b, n, t, h * d)
         for bi in range(b):
+            kb, vb = k[bi], v[bi]
+            parts = []
             for ri, (start, length, sources) in enumerate(runs):
                 keys, values = [], []
                 for g, (source, first) in enumerate(sources):
                     if source == "group":
-                        keys.append(k[bi, first:first + length])
-                        values.append(v[bi, first:first + length])
+                        whole = first == 0 and length == n
+                        keys.append(kb if whole else kb[first:first + length])
+                        values.append(vb if whole else vb[first:first + length])
                     else:
                         ks, vs = cached[ri][g]
-                        keys.append(ks[:, bi])
-                        values.append(vs[:, bi])
+                        keys.append(ks if one else ks[:, bi])
+                        values.append(vs if one else vs[:, bi])
+                if concat:  # every run's groups into one buffer: one attention call for the whole group
+                    parts.append((start, length, keys, values))
+                    continue
                 merged = attend_key_groups(q[bi, start:start + length], keys, values, group_embed)
+                out[bi, start:start + length].view(length, t, h, d).copy_(merged)
+            if concat:
+                merged = attend_concatenated(q[bi], parts, group_embed)
                 if out is None:
-                    out = merged.reshape(1, n, t, h * d)
+                    out = merged.reshape(1, n, t, h * d)  # a view where the kernel wrote (n, T, h, d)
                 else:
-                    out[bi, start:start + length].view(length, t, h, d).copy_(merged)
-        if self.keep:
-            self._write(layer, k, v)  # after the reads: a block may take the slot of one read for the last time
+                    out[bi].view(n, t, h, d).copy_(merged)
+        if self.keep:  # after the reads: a block may take the slot of one read for the last time
+            self._write(layer, k, v, (kb, vb) if one else None)
         return out
 
     def _spans(self, runs):
@@ -359,17 +410,19 @@ class KeyValueStore:
             where.append(per_group)
         return spans, where
 
-    def _cached_runs(self, layer: int, runs):
-        """Per run and key group from the ring: (keys, values) (length, B, T, h, d) on the compute device."""
+    def _cached_runs(self, layer: int, runs, one: bool = False):
+        """Per run and key group from the ring: (keys, values) (length, B, T, h, d) on the compute device,
+        (length, T, h, d) for `one` image."""
         if not self.offloaded:
             if self.ring[layer] is None:
                 return [{} for _ in runs]
-            spans, where = self._spans(runs)
-            read = [tuple(self._load(layer, which, self.ring[layer][which], a, m) for which in (0, 1)) for a, m in spans]
-            return self._views(read, where)
+            rings = self._rings_of_one[layer] if one else self.ring[layer]
+            return [{g: tuple(self._load(layer, which, rings[which], s, length) for which in (0, 1))
+                     for g, (source, s) in enumerate(sources) if source == "ring"}
+                    for _, length, sources in runs]  # views into the ring (float8: dequantised)
         staged = self._staged.pop(layer, None)
         if staged is None:
-            staged = self._fetch(layer, runs)
+            staged = self._fetch(layer, runs, one)
         fetched, event = staged
         if event is not None:
             torch.cuda.current_stream(self._compute_device).wait_event(event)  # this fetch only, not the writes
@@ -380,7 +433,7 @@ class KeyValueStore:
         return [{g: tuple(t[off:off + length] for t in read[i]) for g, (i, off, length) in per_group.items()}
                 for per_group in where]
 
-    def _fetch(self, layer: int, runs):
+    def _fetch(self, layer: int, runs, one: bool = False):
         """Copy each span of ring slots the group reads to the compute device once (non-blocking, on the side
         stream); returns (views per run and key group, the event the compute waits for, or None)."""
         if self.ring[layer] is None:  # the first group: nothing cached yet
@@ -389,6 +442,8 @@ class KeyValueStore:
         event = None
         with self._copy_stream():
             read = [tuple(self._bring(layer, which, a, m) for which in (0, 1)) for a, m in spans]
+            if one:
+                read = [(kr[:, 0], vr[:, 0]) for kr, vr in read]
             if self._stream is not None:
                 event = torch.cuda.Event()
                 event.record(self._stream)
@@ -403,9 +458,9 @@ class KeyValueStore:
             scale = self.scales[layer][which][s:s + length].to(self._compute_device, non_blocking=True)
         return self._decode(out, scale)
 
-    def _write(self, layer: int, k, v) -> None:
+    def _write(self, layer: int, k, v, of_one=None) -> None:
         """Store the group's blocks that later groups read (B, n, T, h, d) in their ring slots: contiguous
-        runs, one copy each. The rest is never written."""
+        runs, one copy each. The rest is never written. of_one: (k, v) of the one image (n, T, h, d)."""
         _, _, _, kept = self._group
         if not kept:
             return
@@ -422,11 +477,16 @@ class KeyValueStore:
                 j += 1
             s, g0, m = kept[i][0] % self.slots, kept[i][1], j - i + 1
             with self._copy_stream(after_compute=True, sources=(k, v)):
-                for which, (ring, t) in enumerate(((ring_k, k), (ring_v, v))):
-                    block, scale = self._encode(t[:, g0:g0 + m].transpose(0, 1))
-                    ring[s:s + m].copy_(block, non_blocking=True)
-                    if scale is not None:
-                        self.scales[layer][which][s:s + m].copy_(scale, non_blocking=True)
+                if of_one is not None and not self.float8:  # one image: plain slices, no batch transpose
+                    whole = g0 == 0 and m == of_one[0].shape[0]
+                    for ring, t in zip(self._rings_of_one[layer], of_one):
+                        ring[s:s + m].copy_(t if whole else t[g0:g0 + m], non_blocking=True)
+                else:
+                    for which, (ring, t) in enumerate(((ring_k, k), (ring_v, v))):
+                        block, scale = self._encode(t[:, g0:g0 + m].transpose(0, 1))
+                        ring[s:s + m].copy_(block, non_blocking=True)
+                        if scale is not None:
+                            self.scales[layer][which][s:s + m].copy_(scale, non_blocking=True)
             i = j + 1
 
     def _claim(self, positions) -> None:
@@ -461,6 +521,7 @@ class KeyValueStore:
             return host.pinned_empty(size, dt) if pin else torch.empty(size, dtype=dt, device=device)
 
         self.ring[layer] = (empty(shape, dtype), empty(shape, dtype))
+        self._rings_of_one[layer] = tuple(r[:, 0] for r in self.ring[layer])  # (slots, T, h, d) for one image
         if self.float8:
             self.scales[layer] = (empty(shape[:2], torch.float32), empty(shape[:2], torch.float32))
         self._read_dtype = k.dtype
@@ -507,6 +568,7 @@ class KeyValueStore:
         self.live.clear()
         self.done.clear()
         self.ring = [None] * self.layers
+        self._rings_of_one = [None] * self.layers
         self.scales = [None] * self.layers
         self._staged.clear()
         self._group = None

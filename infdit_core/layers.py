@@ -22,8 +22,18 @@ def affine_norm(size: int) -> nn.LayerNorm:
     return nn.LayerNorm(size, eps=EPS)
 
 
+def norm_affine(shift: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one image, adaLN's (shift, scale) as the (bias, weight) = (shift, 1 + scale) of the affine it
+    is, 1-D: made once per evaluation instead of in every block group (`modulate` and `modulated_norm`
+    take either form)."""
+    return shift[0], 1 + scale[0]
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x * (1 + scale) + shift, with shift/scale (B, C) broadcast over the token dims of x."""
+    """adaLN: x * (1 + scale) + shift, with shift/scale (B, C) broadcast over the token dims of x; or,
+    1-D from `norm_affine`, x * weight + bias (the same operations)."""
+    if scale.dim() == 1:
+        return x * scale + shift
     while shift.dim() < x.dim():
         shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
     return x * (1 + scale) + shift
@@ -31,10 +41,26 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """modulate(layer_norm(x), shift, scale); for one image, one LayerNorm kernel with (1 + scale, shift) as
-    its affine parameters instead of three passes over x."""
+    its affine parameters instead of three passes over x (given ready-made by `norm_affine`, or made here)."""
+    if scale.dim() == 1:
+        return F.layer_norm(x, x.shape[-1:], weight=scale, bias=shift, eps=EPS)
     if shift.shape[0] == 1:
         return F.layer_norm(x, x.shape[-1:], weight=1 + scale[0], bias=shift[0], eps=EPS)
     return modulate(layer_norm(x), shift, scale)
+
+
+def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """gelu(linear(x)) with the tanh approximation. On CUDA in 16-bit: one matmul whose epilogue applies the
+    GELU (cuBLASLt, through torch._addmm_activation), so the 4C-wide hidden layer is written once and never
+    read back for a separate GELU pass. cuBLASLt's GELU is the tanh form (torch's own CUDA fallback for this
+    call applies gelu "tanh"; its CPU implementation uses erf, hence CUDA only), and in 16-bit the two forms
+    differ (< 5e-4) by less than one rounding step; benchmarks/gpu.py checks it on the first GPU.
+    Elsewhere the two ops (the release's numbers)."""
+    if x.device.type != "cuda" or x.dtype == torch.float32:
+        return F.gelu(linear(x), approximate="tanh")
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch._addmm_activation(linear.bias, flat, linear.weight.t(), use_gelu=True)
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def noise_features(c_noise: torch.Tensor) -> torch.Tensor:
@@ -98,10 +124,16 @@ def signed_rotary(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> t
     return cos.to(dtype), (sin * sign).to(dtype)
 
 
-def apply_signed_rotary(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+def pair_swap_index(head_dim: int, device) -> torch.Tensor:
+    """[1, 0, 3, 2, ...]: the index that swaps each interleaved pair (one gather instead of view, flip, view)."""
+    return torch.arange(head_dim, device=device).view(-1, 2).flip(-1).reshape(-1)
+
+
+def apply_signed_rotary(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, swap=None) -> torch.Tensor:
     """`apply_rotary` in three passes instead of six: rotate_half(t) * sin = swap_pairs(t) * signed_sin, exactly
-    (negating is exact in floating point), and the product is added in the same kernel."""
-    swapped = t.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    (negating is exact in floating point), and the product is added in the same kernel. `swap`: a
+    `pair_swap_index` made once (then the pairs are swapped by one gather), or None."""
+    swapped = t.unflatten(-1, (-1, 2)).flip(-1).flatten(-2) if swap is None else t.index_select(-1, swap)
     return torch.addcmul(t * cos, swapped, signed_sin)
 
 

@@ -17,11 +17,14 @@ from .attention import KeyValueStore, lr_window
 from .config import BLOCK_TOKENS, LR_WINDOW, InfDiTConfig
 from .layers import (
     affine_norm,
+    linear_gelu,
     apply_signed_rotary,
     block_rotary,
     layer_norm,
     modulate,
     modulated_norm,
+    norm_affine,
+    pair_swap_index,
     noise_features,
     patchify_blocks,
     signed_rotary,
@@ -85,24 +88,24 @@ class InfDiTLayer(nn.Module):
 
     # The tensor-only stages of a layer, between which the block attention reads the keys/values. Each takes the layer
     # as its first argument, so `torch.compile` of the plain function serves every layer (see compile.py).
-    def attention_inputs(self, x, shift, scale, cos, signed_sin):
+    def attention_inputs(self, x, shift, scale, cos, signed_sin, swap=None):
         """adaLN, q/k/v, the shared q/k norm and the 2-D rotary: q, k, v (B, n, T, h, d).
 
-        q and k are normed and rotated together (one pass each over both), and returned as views."""
+        q and k are normed and rotated together (one pass each over both), and returned as views.
+        cos/signed_sin: (1, n, T, 1, 1, d), made once per group to broadcast over batch, q/k and heads."""
         b, n, t, c = x.shape
         qkv = self.qkv(modulated_norm(x, shift, scale)).view(b, n, t, 3, self.heads, -1)
-        # cos/sin (n, T, d) broadcast over batch, q/k and heads
-        qk = apply_signed_rotary(self.qk_norm(qkv[:, :, :, :2]), cos[None, :, :, None, None], signed_sin[None, :, :, None, None])
-        return qk[:, :, :, 0], qk[:, :, :, 1], qkv[:, :, :, 2]
+        qk = apply_signed_rotary(self.qk_norm(qkv[:, :, :, :2]), cos, signed_sin, swap)
+        return qk.unbind(3) + (qkv[:, :, :, 2],)
 
     def feed_forward(self, x, m, shift, scale):
         """The adaLN MLP of the normed input m, with its residual."""
-        return x + self.mlp_out(F.gelu(self.mlp_in(modulate(m, shift, scale)), approximate="tanh"))
+        return x + self.mlp_out(linear_gelu(modulate(m, shift, scale), self.mlp_in))
 
     def after_attention(self, x, attn, shift, scale):
         """Every layer but the first: the attention's projection and residual, then the MLP."""
         x = x + self.proj(attn)
-        return x + self.mlp_out(F.gelu(self.mlp_in(modulated_norm(x, shift, scale)), approximate="tanh"))
+        return x + self.mlp_out(linear_gelu(modulated_norm(x, shift, scale), self.mlp_in))
 
 
 class LayerStages(NamedTuple):
@@ -124,8 +127,9 @@ class Conditioning:
     c_in: torch.Tensor  # (B,)
     c_skip: torch.Tensor
     c_out: torch.Tensor
-    layer_mods: list  # per layer: 4 tensors (B, C)
-    final_mod: tuple  # shift, scale (B, C)
+    layer_mods: list  # per layer: 4 tensors (B, C); for one image 1-D (bias, weight) pairs (layers.norm_affine)
+    final_mod: tuple  # shift, scale (B, C), or (bias, weight)
+    key_embeds: list | None = None  # per layer the (4, h, d) key-group embeddings (picked once per evaluation)
 
 
 class InfDiT(nn.Module):
@@ -186,7 +190,10 @@ class InfDiT(nn.Module):
         emb = F.silu(F.silu(emb))  # QUIRK: SiLU after the sum, and again inside every adaLN
         mods = [layer.modulation(emb).chunk(4, dim=-1) for layer in self.layers]
         final = self.final_modulation(emb).chunk(2, dim=-1)
-        return Conditioning(sigma, s.c_in, s.c_skip, s.c_out, mods, final)
+        if emb.shape[0] == 1:  # one image: the adaLN affines made here once, not in every block group
+            mods = [(*norm_affine(sa, ca), *norm_affine(sm, cm)) for sa, ca, sm, cm in mods]
+            final = norm_affine(*final)
+        return Conditioning(sigma, s.c_in, s.c_skip, s.c_out, mods, final, list(self.key_group_embed.unbind(0)))
 
     # --- one group of blocks through the whole network --------------------------------------------
     def forward_blocks(self, x, u, lr, cond: Conditioning, blocks, kv: KeyValueStore) -> torch.Tensor:
@@ -217,11 +224,13 @@ class InfDiT(nn.Module):
         rope = block_rotary(where[:, 0], where[:, 1], cfg.head_dim)
 
         cos, signed_sin = signed_rotary(*rope, self.dtype)  # converted once for all layers
+        cos, signed_sin = cos[None, :, :, None, None], signed_sin[None, :, :, None, None]
+        swap = pair_swap_index(cfg.head_dim, device)
         stages = self.stages
         for i, layer in enumerate(self.layers):
             shift_a, scale_a, shift_m, scale_m = cond.layer_mods[i]
-            q, k, v = stages.attention_inputs(layer, tokens, shift_a, scale_a, cos, signed_sin)
-            attn = kv.attend(i, blocks, q, k, v, self.key_group_embed[i])  # reads the frontier in place
+            q, k, v = stages.attention_inputs(layer, tokens, shift_a, scale_a, cos, signed_sin, swap)
+            attn = kv.attend(i, blocks, q, k, v, cond.key_embeds[i])  # reads the frontier in place
             del q, k, v  # stored in the frontier where later groups need them: not held through the MLP
             if i == 0:  # layer 0 reads the LR image between its attention and its MLP
                 tokens = tokens + layer.proj(attn)

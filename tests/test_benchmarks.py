@@ -35,6 +35,7 @@ def test_gpu_benchmark_tiny_runs_every_kind_of_setting_and_writes_json_and_markd
     assert all(v["max_difference"] < 5e-2 for v in variants)  # equal within bf16 tolerance
     # two tables: header, rule, one line per setting; header, rule, one line per attention variant
     assert table.count("\n| ") == 2 + len(rows) + 2 + len(variants)
+    assert report["fused_gelu_max_difference"] == 0  # on the CPU the two ops run (the fused form is CUDA's)
 
 
 def test_gpu_benchmark_stops_early_and_extrapolates(tmp_path):

@@ -189,3 +189,26 @@ def test_the_batch_runner_recovers_and_reports_what_does_not_fit(model, tmp_path
     err = capsys.readouterr().err
     assert "failed a.png: Inf-DiT ran out of memory" in err and "--offload-frontier" in err
     assert not list((tmp_path / "out2").glob("*.png"))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_concat_store_path_equals_the_default_on_every_plan(batch):
+    """CUDA's default (one attention call per group over copied key groups) against the CPU default, through
+    the frontier store: on the device and offloaded, several block batches and both scans."""
+    from infdit_core.attention import KeyValueStore
+    from infdit_core.scheduler import plan_blocks
+    from test_frontier import block_tokens, run_plan
+
+    tokens = block_tokens(3, 4, batch=batch)
+    for n, scan in ((1, "rows"), (2, "columns"), (5, "rows"), (12, "rows")):
+        plan = plan_blocks(3, 4, n, scan)
+        keep = len(plan.groups) > 1
+        expected = run_plan(KeyValueStore(2, keep, grid=plan.grid, scan=plan.scan, slots=plan.frontier_span()), plan, tokens)
+        scale = max(t.abs().max().item() for t in expected.values())
+        for storage in (None, "cpu"):
+            with attention_variant("concat"):
+                store = KeyValueStore(2, keep, storage, grid=plan.grid, scan=plan.scan, slots=plan.frontier_span())
+                out = run_plan(store, plan, tokens)
+            worst = max((out[key] - expected[key]).abs().max().item() for key in expected)
+            assert worst <= 1e-5 * scale, (n, scan, storage)
+

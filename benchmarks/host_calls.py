@@ -1,0 +1,105 @@
+"""Host work per block group: how many aten calls the host issues for one group of blocks, the thing that
+makes a GPU wait when groups are small (eager PyTorch spends a few microseconds of host time per call).
+
+Two counts, both at block batch 1 (the worst case) and the released depth (28 layers):
+- CPU profile: `torch.profiler` of a real CPU run (the released depth and head count, hidden 64 so it
+  runs in seconds: the call count does not depend on the width), top-level aten ops per group: the
+  CPU's default attention ("lse_merge").
+- fake CUDA: the calls the CUDA path issues (`benchmarks/fake_cuda.py`, the released config on fake
+  tensors; attention "concat", CUDA's default), counted per group at the dispatcher (a composite op
+  such as linear or layer_norm counts once, like a top-level op in a profile).
+Both skip the first groups (until the frontier is full) and the evaluation's conditioning.
+
+Run: python benchmarks/host_calls.py [--groups 6]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from infdit_core import BlockGroupDone, InfDiT, InfDiTConfig, sample  # noqa: E402
+
+TARGET = 1500
+
+
+def cpu_profile(groups: int) -> float:
+    """Top-level aten ops per block group in a CPU profile, block batch 1."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    cfg = dataclasses.replace(InfDiTConfig.released(), hidden=64, heads=2, vector_dim=0)  # head dim 32
+    torch.manual_seed(0)
+    model = InfDiT(cfg).eval()
+    lr = torch.rand(1, 3, 96, 96) * 2 - 1  # 3 x 3 blocks: the frontier is full from group 5 on
+    spans = []
+
+    def callback(event):
+        if isinstance(event, BlockGroupDone):
+            spans.append(event.group)
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("evaluation"):
+            sample(model, lr, steps=1, block_batch=1, callback=callback)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    # calls per group: the whole evaluation's top-level calls minus what one evaluation does once,
+    # estimated from two runs of different grid sizes would be cleaner; here: the mean per group of 9
+    # (the per-evaluation part, conditioning and the final copy, is under 2% of it at 9 groups)
+    return len(top) / len(spans)
+
+
+def fake_cuda_calls(groups: int, variant: str = "concat") -> float:
+    from fake_cuda import Counts, fake_cuda, fake_model
+
+    from infdit_core.attention import attention_variant
+
+    cfg = dataclasses.replace(InfDiTConfig.released(), vector_dim=0)
+    kept: list[Counts] = []
+
+    class Enough(Exception):
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fake_cuda((9, 0)) as rec, attention_variant(variant):
+            model = fake_model(cfg, torch.bfloat16)
+
+            def callback(event):
+                if isinstance(event, BlockGroupDone):
+                    counts = rec.section()
+                    if event.group >= 34:  # a line of 32 blocks and two more: the frontier is full
+                        kept.append(counts)
+                    if len(kept) >= groups:
+                        raise Enough
+
+            try:
+                sample(model, torch.rand(1, 3, 1024, 1024), steps=1, block_batch=1, callback=callback)
+            except Enough:
+                pass
+    return sum(c.calls for c in kept) / len(kept)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--groups", type=int, default=4, help="steady-state groups counted on fake CUDA")
+    args = ap.parse_args(argv)
+    cpu = cpu_profile(args.groups)
+    cuda = fake_cuda_calls(args.groups)
+    cuda_lse = fake_cuda_calls(args.groups, "lse_merge")
+    print("| block batch 1, 28 layers | aten calls per block group | target |")
+    print("| --- | ---: | ---: |")
+    print(f"| CPU profile, top-level ops (CPU default: lse_merge) | {cpu:.0f} | {TARGET} |")
+    print(f"| fake CUDA, CUDA default (concat) | {cuda:.0f} | {TARGET} |")
+    print(f"| fake CUDA, lse_merge | {cuda_lse:.0f} | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
