@@ -98,9 +98,12 @@ def spec() -> NodeSpec:
             Input("model_name", "combo", "Checkpoint in models/inf_dit (or a folder from extra_model_paths.yaml, key "
                   "inf_dit): the official mp_rank_00_model_states.pt or a converted .safetensors.",
                   options=tuple(model_options())),
-            Input("weight_dtype", "combo", "Precision of the weights. auto = bf16 on a GPU that supports it and on a CPU with AMX or "
-                  "AVX512-BF16, else fp32. "
-                  "fp16 halves memory like bf16 but may overflow.", default="auto", options=("auto", "bf16", "fp16", "fp32")),
+            Input("weight_dtype", "combo", "Precision of the weights. auto = ComfyUI's choice for the GPU: bf16 on cards "
+                  "that have it natively (RTX 30xx/40xx, A100, H100 and newer), fp16 on older ones (T4, V100, RTX 20xx); on a "
+                  "CPU bf16 with AMX or AVX512-BF16, else fp32. fp16 halves memory like bf16 but may overflow: the run "
+                  "then stops with a message instead of writing a broken image (use fp32). Avoid bf16 on older cards: "
+                  "they only emulate it (slow, and much more memory).", default="auto",
+                  options=("auto", "bf16", "fp16", "fp32")),
             Input("clip_name", "combo", "CLIP ViT-L-14 image encoder: from the checkpoint, or an open_clip file in "
                   "models/clip_vision when the checkpoint has none.", default=CLIP_FROM_CHECKPOINT,
                   options=(CLIP_FROM_CHECKPOINT, *comfy.list_files(comfy.CLIP_FOLDER))),
