@@ -33,8 +33,8 @@ from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infdit_core import InfDiT, InfDiTConfig  # noqa: E402
-from infdit_core.memory import estimate_peak_bytes  # noqa: E402
-from infdit_core.pipeline import sample  # noqa: E402
+from infdit_core.planning.memory import estimate_peak_bytes  # noqa: E402
+from infdit_core.sampling.pipeline import sample  # noqa: E402
 
 GiB, MiB = 1024**3, 1024**2
 SMALL = InfDiTConfig(layers=1, hidden=64, heads=2, vector_dim=0)
@@ -122,7 +122,7 @@ def released_table(budget: int) -> list[str]:
     if "float8_frontier" in params:
         frontiers.append(("float8 on device", {"float8_frontier": True}))
         frontiers.append(("float8 offloaded", {"float8_frontier": True, "offload_frontier": True}))
-    from infdit_core.plan import plan_output
+    from infdit_core.planning.plan import plan_output
 
     lines = [f"Estimator, released config, bf16 (GiB); auto = largest block batch within {budget / GiB:.0f} GiB; "
              "images on the host where they do not fit that budget at block batch 1",

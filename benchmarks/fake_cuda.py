@@ -206,7 +206,7 @@ def fake_cuda(capability=(9, 0), total_memory: int = 80 * 10**9, free_memory: in
     """Inside: `torch.cuda` answers as a GPU of this `capability` and memory would, every new tensor is fake,
     and `recorder` (yielded) counts what the code asks of the device."""
     try:
-        import infdit_core.host as host
+        import infdit_core.hardware.host as host
     except ImportError:  # a version of the core before host.py (gpu_model.py --core measures one)
         host = None
     pinned: set = set()

@@ -19,7 +19,7 @@ How each figure is obtained
   every group; group 1 (conditioning, first launches) is left out.
   -> blocks/s = blocks of the timed groups / their time; seconds per evaluation = all blocks /
   blocks/s (EXTRAPOLATED from those groups unless the whole evaluation ran; the table says which).
-- TFLOP/s = blocks/s x FLOPs per block (`infdit_core.flops.evaluation_flops` of the whole grid /
+- TFLOP/s = blocks/s x FLOPs per block (`infdit_core.network.flops.evaluation_flops` of the whole grid /
   blocks; border blocks differ by < 0.1%). Peak = the best of `--peak-repeats` dense bf16 matmuls of
   8192 x 8192 (`--peak-size`) timed in this same run: "share of peak" is TFLOP/s / that.
 - Peak memory = torch.cuda.max_memory_allocated() during the timed call (reset just before it),
@@ -51,10 +51,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infdit_core import BlockGroupDone, InfDiT, InfDiTConfig, estimate_peak_bytes, sample  # noqa: E402
-from infdit_core.attention import attention_variant  # noqa: E402
-from infdit_core.flops import evaluation_flops  # noqa: E402
-from infdit_core.layers import linear_gelu  # noqa: E402
-from infdit_core.precision import auto_dtype  # noqa: E402
+from infdit_core.network.attention import attention_variant  # noqa: E402
+from infdit_core.network.flops import evaluation_flops  # noqa: E402
+from infdit_core.network.layers import linear_gelu  # noqa: E402
+from infdit_core.hardware.precision import auto_dtype  # noqa: E402
 from memory import header  # noqa: E402
 
 DEFAULT_SETTINGS = "auto,1,4,16,64,all,auto:offload,16:offload,64:offload,auto:compile,16:compile"
@@ -242,8 +242,9 @@ def main(argv=None) -> int:
         v.pop("out")
     fused = torch.nn.Linear(1280, 5120, device=device, dtype=dtype)  # the MLP's fused matmul + GELU (layers.py)
     x = torch.randn(4096, 1280, device=device, dtype=dtype)
-    gelu_difference = float((linear_gelu(x, fused).float()
-                             - torch.nn.functional.gelu(fused(x), approximate="tanh").float()).abs().max())
+    with torch.no_grad():
+        gelu_difference = float((linear_gelu(x, fused).float()
+                                 - torch.nn.functional.gelu(fused(x), approximate="tanh").float()).abs().max())
     host_stats = None
     if device.type == "cuda" and time.perf_counter() - began <= args.budget:  # full-size images on the host
         sample(model, lr[..., :256, :256], steps=1, block_batch=4, image_device="cpu")

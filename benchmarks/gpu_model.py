@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_cuda import Counts, fake_cuda, fake_model  # noqa: E402
 
 from infdit_core import BlockGroupDone, InfDiTConfig, sample  # noqa: E402
-from infdit_core.attention import attention_variant  # noqa: E402
+from infdit_core.network.attention import attention_variant  # noqa: E402
 
 # name: (dense bf16/fp16 tensor TFLOP/s with fp32 accumulation, HBM TB/s, host link GB/s, architecture)
 GPUS = {

@@ -36,7 +36,7 @@ def cpu_profile(groups: int, variant: str = "auto") -> float:
     (conditioning, noise, the final copy) drops out."""
     from torch.profiler import ProfilerActivity, profile
 
-    from infdit_core.attention import attention_variant
+    from infdit_core.network.attention import attention_variant
 
     cfg = dataclasses.replace(InfDiTConfig.released(), hidden=64, heads=2, vector_dim=0)  # head dim 32
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def cpu_profile(groups: int, variant: str = "auto") -> float:
 def fake_cuda_calls(groups: int, variant: str = "concat") -> float:
     from fake_cuda import Counts, fake_cuda, fake_model
 
-    from infdit_core.attention import attention_variant
+    from infdit_core.network.attention import attention_variant
 
     cfg = dataclasses.replace(InfDiTConfig.released(), vector_dim=0)
     kept: list[Counts] = []

@@ -15,7 +15,7 @@ How the figures are obtained
   to the OS when freed: RSS then follows the live tensors instead of the allocator's high-water heap.
 - "measured" is therefore what the evaluation itself adds on top of weights and inputs: the
   activations of one group, the frontier of cached keys/values, and the output image D.
-  "estimate" is the same part of `infdit_core.memory.estimate_peak_bytes(...)`: frontier +
+  "estimate" is the same part of `infdit_core.planning.memory.estimate_peak_bytes(...)`: frontier +
   activations + one float32 output image (the estimator's `images` term counts the 8 image buffers
   of a whole Heun sampler; one evaluation allocates just its output). The weights are reported apart
   (they are exact: parameter count x element size) and the estimator's `total` is printed too.
@@ -81,10 +81,10 @@ def child(spec: dict) -> dict:
 
     import torch
 
-    from infdit_core.config import InfDiTConfig
-    from infdit_core.denoiser import BlockwiseDenoiser
-    from infdit_core.model import InfDiT
-    from infdit_core.scheduler import plan_blocks
+    from infdit_core.network.config import InfDiTConfig
+    from infdit_core.sampling.denoiser import BlockwiseDenoiser
+    from infdit_core.network.model import InfDiT
+    from infdit_core.planning.scheduler import plan_blocks
 
     torch.manual_seed(0)
     cfg = InfDiTConfig(**spec["config"])
@@ -158,8 +158,8 @@ def run_point(spec: dict) -> dict:
 def estimate(spec: dict):
     import torch
 
-    from infdit_core.config import InfDiTConfig
-    from infdit_core.memory import estimate_peak_bytes
+    from infdit_core.network.config import InfDiTConfig
+    from infdit_core.planning.memory import estimate_peak_bytes
 
     cfg = InfDiTConfig(**spec["config"])
     h, w = spec["height"], spec["width"]

@@ -1,7 +1,7 @@
 """The released config (28 layers, hidden 1280, 16 heads, CLIP vector) at 1024..8192 px square, bf16.
 
 What is printed
-1. The estimator's figures (`infdit_core.memory.estimate_peak_bytes`, sampling with the Heun
+1. The estimator's figures (`infdit_core.planning.memory.estimate_peak_bytes`, sampling with the Heun
    sampler, CLIP tower included): for block_batch = 1 and for the block batch that
    `choose_block_batch` picks for a 24 GB GPU (budget 24e9 bytes minus the pipeline's 10% margin),
    with the frontier on the device and offloaded to CPU memory; and the whole-image forward
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memory import estimate, header, run_point  # noqa: E402
 
-from infdit_core.config import InfDiTConfig  # noqa: E402
-from infdit_core.memory import choose_block_batch, estimate_peak_bytes  # noqa: E402
-from infdit_core.scheduler import plan_blocks  # noqa: E402
+from infdit_core.network.config import InfDiTConfig  # noqa: E402
+from infdit_core.planning.memory import choose_block_batch, estimate_peak_bytes  # noqa: E402
+from infdit_core.planning.scheduler import plan_blocks  # noqa: E402
 
 GiB = 1024**3
 SIZES = (1024, 2048, 4096, 8192)

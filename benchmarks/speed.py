@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from infdit_core.config import InfDiTConfig  # noqa: E402
-from infdit_core.denoiser import BlockwiseDenoiser  # noqa: E402
-from infdit_core.memory import choose_block_batch  # noqa: E402
-from infdit_core.plan import model_budget  # noqa: E402
-from infdit_core.model import InfDiT  # noqa: E402
-from infdit_core.scheduler import plan_blocks  # noqa: E402
+from infdit_core.network.config import InfDiTConfig  # noqa: E402
+from infdit_core.sampling.denoiser import BlockwiseDenoiser  # noqa: E402
+from infdit_core.planning.memory import choose_block_batch  # noqa: E402
+from infdit_core.planning.plan import model_budget  # noqa: E402
+from infdit_core.network.model import InfDiT  # noqa: E402
+from infdit_core.planning.scheduler import plan_blocks  # noqa: E402
 from memory import header, run_point  # noqa: E402
 
 MiB = 1024**2

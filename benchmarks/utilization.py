@@ -6,7 +6,7 @@ How the figures are obtained (all within one run, per dtype)
   512 x 512 (16 blocks). One evaluation = `infdit_core.sample(model, lr, steps=1)`, the public API at
   its default settings (block batch "auto", frontier on the device, no compile), which runs exactly
   one network evaluation (plus padding and the bicubic upsampling, which are included).
-- FLOPs: `infdit_core.flops.evaluation_flops(config, rows, cols)`, counted from the config; checked
+- FLOPs: `infdit_core.network.flops.evaluation_flops(config, rows, cols)`, counted from the config; checked
   in the same run against `torch.utils.flop_counter.FlopCounterMode` on that very call (printed).
 - Achieved = FLOPs / the best of `--repeats` timed evaluations (after one warm-up).
 - Peak: the best of 3 dense 4096 x 4096 x 4096 matmuls of that dtype (`--peak-size`).
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infdit_core import BlockGroupDone, InfDiTConfig, sample  # noqa: E402
-from infdit_core.flops import evaluation_flops, torch_counted_flops  # noqa: E402
+from infdit_core.network.flops import evaluation_flops, torch_counted_flops  # noqa: E402
 from gpu import matmul_peak, random_model, sync  # noqa: E402
 from memory import header  # noqa: E402
 

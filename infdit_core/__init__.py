@@ -1,15 +1,15 @@
 """Inf-DiT (arXiv 2405.04312) in plain PyTorch: the released model, its sampler, checkpoints and a
 block scheduler whose memory grows with the shorter image side. Never imports ComfyUI."""
-from . import solvers
-from .checkpoint import CheckpointError, convert
-from .color import COLOR_FIXES
-from .config import InfDiTConfig
-from .loader import DEMO_MODEL_PATH, inspect_checkpoint, load_inf_dit
-from .memory import MemoryEstimate, choose_block_batch, estimate_peak_bytes
-from .model import InfDiT
-from .pipeline import block_grid, sample, upscale_image
-from .sampler import BlockGroupDone, EvaluationDone, SamplingCancelled, evaluations_for, get_sigmas_karras
-from .solvers import SOLVERS
+from .sampling import solvers
+from .checkpoints.checkpoint import CheckpointError, convert
+from .sampling.color import COLOR_FIXES
+from .network.config import InfDiTConfig
+from .checkpoints.loader import DEMO_MODEL_PATH, inspect_checkpoint, load_inf_dit
+from .planning.memory import MemoryEstimate, choose_block_batch, estimate_peak_bytes
+from .network.model import InfDiT
+from .sampling.pipeline import block_grid, sample, upscale_image
+from .sampling.sampler import BlockGroupDone, EvaluationDone, SamplingCancelled, evaluations_for, get_sigmas_karras
+from .sampling.solvers import SOLVERS
 
 __all__ = [
     "DEMO_MODEL_PATH",

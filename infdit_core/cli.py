@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import DTYPES, CheckpointError
-from .color import COLOR_FIXES
-from .loader import DEMO_MODEL_PATH
-from .plan import output_size
-from .runner import add_arguments as add_batch_arguments
-from .solvers import SOLVERS
+from .checkpoints.checkpoint import CheckpointError
+from .hardware.precision import DTYPES
+from .sampling.color import COLOR_FIXES
+from .checkpoints.loader import DEMO_MODEL_PATH
+from .planning.plan import output_size
+from .batch.runner import add_arguments as add_batch_arguments
+from .sampling.solvers import SOLVERS
 
 UPSCALE_HELP = """Upscale one image, or many with the model loaded once.
 
@@ -32,14 +33,14 @@ Each process takes its share of the images (one GPU each: cuda:LOCAL_RANK); rank
 
 
 def _dtype(name: str, device: str) -> torch.dtype:
-    from .precision import resolve_dtype
+    from .hardware.precision import resolve_dtype
 
     return resolve_dtype(name, device)
 
 
 def load_model(args, device: str):
     """The model named by --model (or the bundled demo model) on `device`."""
-    from .loader import load_inf_dit
+    from .checkpoints.loader import load_inf_dit
 
     model_path = args.model
     if model_path is None:
@@ -53,7 +54,7 @@ def load_model(args, device: str):
 
 def upscale_options(args) -> dict:
     """Keyword arguments of `upscale_image` from the command line, the same for every image of a run
-    (the seed is per image, see infdit_core/batch.py)."""
+    (the seed is per image, see infdit_core/batch/jobs.py)."""
     return dict(
         **_wanted_size(args), steps=args.steps,
         block_batch="auto" if args.block_batch == "auto" else int(args.block_batch),
@@ -64,8 +65,8 @@ def upscale_options(args) -> dict:
 
 
 def cmd_upscale(args) -> int:
-    from .recovery import upscale_with_recovery
-    from .runner import Upscaler, run_upscale
+    from .sampling.recovery import upscale_with_recovery
+    from .batch.runner import Upscaler, run_upscale
 
     if not 0 < args.denoise <= 1:  # before any image is read or written
         raise ValueError(f"denoise must be a number in (0, 1] (1 = start from full noise), got {args.denoise!r}")
@@ -99,7 +100,7 @@ def _wanted_size(args) -> dict:
 
 
 def cmd_convert(args) -> int:
-    from .checkpoint import convert
+    from .checkpoints.checkpoint import convert
 
     if Path(args.output).suffix != ".safetensors":
         raise SystemExit(f"output must end in .safetensors, got {args.output}")
@@ -110,22 +111,22 @@ def cmd_convert(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .training.train import train
 
     train(args)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+    from .training.evaluate import evaluate
 
     return evaluate(args)
 
 
 def cmd_estimate(args) -> int:
-    from .config import InfDiTConfig
-    from .loader import inspect_checkpoint
-    from .plan import plan_output, plan_run
+    from .network.config import InfDiTConfig
+    from .checkpoints.loader import inspect_checkpoint
+    from .planning.plan import plan_output, plan_run
 
     cfg = inspect_checkpoint(args.model) if args.model else InfDiTConfig.released()
     dtype = DTYPES[args.dtype]
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="cast weights (default: keep)")
     p.set_defaults(func=cmd_convert)
 
-    from .train import add_arguments
+    from .training.train import add_arguments
 
     p = sub.add_parser("train", help="train or fine-tune a model")
     add_arguments(p)

@@ -8,24 +8,24 @@ try:
         DEMO_MODEL_PATH, BlockGroupDone, CheckpointError, EvaluationDone, InfDiTConfig, block_grid,
         choose_block_batch, estimate_peak_bytes, evaluations_for, inspect_checkpoint, load_inf_dit, upscale_image,
     )
-    from ..infdit_core.color import COLOR_FIXES  # noqa: F401
-    from ..infdit_core.sampler import get_sigmas_karras  # noqa: F401
-    from ..infdit_core.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
-    from ..infdit_core.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
-    from ..infdit_core.precision import auto_dtype  # noqa: F401
-    from ..infdit_core.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
-    from ..infdit_core.scheduler import plan_blocks  # noqa: F401
-    from ..infdit_core.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401
+    from ..infdit_core.sampling.color import COLOR_FIXES  # noqa: F401
+    from ..infdit_core.sampling.sampler import get_sigmas_karras  # noqa: F401
+    from ..infdit_core.sampling.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
+    from ..infdit_core.planning.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
+    from ..infdit_core.hardware.precision import auto_dtype  # noqa: F401
+    from ..infdit_core.planning.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
+    from ..infdit_core.planning.scheduler import plan_blocks  # noqa: F401
+    from ..infdit_core.sampling.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401
 except ImportError:  # "attempted relative import beyond top-level package": nodes/ is top-level
     from infdit_core import (  # noqa: F401
         DEMO_MODEL_PATH, BlockGroupDone, CheckpointError, EvaluationDone, InfDiTConfig, block_grid,
         choose_block_batch, estimate_peak_bytes, evaluations_for, inspect_checkpoint, load_inf_dit, upscale_image,
     )
-    from infdit_core.color import COLOR_FIXES  # noqa: F401
-    from infdit_core.sampler import get_sigmas_karras  # noqa: F401
-    from infdit_core.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
-    from infdit_core.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
-    from infdit_core.precision import auto_dtype  # noqa: F401
-    from infdit_core.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
-    from infdit_core.scheduler import plan_blocks  # noqa: F401
-    from infdit_core.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401
+    from infdit_core.sampling.color import COLOR_FIXES  # noqa: F401
+    from infdit_core.sampling.sampler import get_sigmas_karras  # noqa: F401
+    from infdit_core.sampling.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
+    from infdit_core.planning.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
+    from infdit_core.hardware.precision import auto_dtype  # noqa: F401
+    from infdit_core.planning.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
+    from infdit_core.planning.scheduler import plan_blocks  # noqa: F401
+    from infdit_core.sampling.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401

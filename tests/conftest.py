@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from infdit_core import InfDiT, InfDiTConfig  # noqa: E402
-from infdit_core.checkpoint import official_state_dict, save_model  # noqa: E402
+from infdit_core.checkpoints.checkpoint import official_state_dict, save_model  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infdit_core.attention import block_attention, lr_window, neighbour_blocks
+from infdit_core.network.attention import block_attention, lr_window, neighbour_blocks
 
 
 @pytest.mark.parametrize(

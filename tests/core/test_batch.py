@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, random_model, write_official_pt, write_safetensors
-from infdit_core import atomic
-from infdit_core.batch import Job, derive_seed, discover, plan_jobs, shard
-from infdit_core.checkpoint import convert
+from infdit_core.checkpoints import atomic
+from infdit_core.batch.jobs import Job, derive_seed, discover, plan_jobs, shard
+from infdit_core.checkpoints.checkpoint import convert
 from infdit_core.cli import main
-from infdit_core.loader import DEMO_MODEL_PATH
+from infdit_core.checkpoints.loader import DEMO_MODEL_PATH
 
 DEMO = ["--model", str(DEMO_MODEL_PATH), "--no-progress"]
 

@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from infdit_core import InfDiTConfig, memory
-from infdit_core.memory import choose_block_batch, estimate_peak_bytes, largest_fitting_block_batch
+from infdit_core import InfDiTConfig
+
+from infdit_core.planning import memory
+from infdit_core.planning.memory import choose_block_batch, estimate_peak_bytes, largest_fitting_block_batch
 
 RELEASED = InfDiTConfig.released()
 GIB = 1024**3

@@ -7,8 +7,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import TINY, lr_image, random_model, write_official_pt, write_safetensors
 from infdit_core import CheckpointError, InfDiTConfig, convert, inspect_checkpoint, load_inf_dit, sample
-from infdit_core.checkpoint import official_state_dict
-from infdit_core.layers import rotary_table
+from infdit_core.checkpoints.checkpoint import official_state_dict
+from infdit_core.network.layers import rotary_table
 
 
 @pytest.fixture(scope="module")

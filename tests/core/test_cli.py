@@ -84,7 +84,7 @@ def test_convert_command(tmp_path):
 
 def test_the_core_never_imports_comfyui():
     code = (
-        "import sys, infdit_core, infdit_core.cli, infdit_core.train, infdit_core.evaluate;"
+        "import sys, infdit_core, infdit_core.cli, infdit_core.training.train, infdit_core.training.evaluate;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'server', 'nodes', 'comfy_api')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

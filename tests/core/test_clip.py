@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import CenterCrop, InterpolationMode, Normalize, Resize
 
-from infdit_core.clip import CLIP_MEAN, CLIP_STD, clip_preprocess, clip_vector
+from infdit_core.network.clip import CLIP_MEAN, CLIP_STD, clip_preprocess, clip_vector
 
 
 @pytest.mark.parametrize("size", [(64, 96), (300, 200), (17, 500), (224, 224), (1024, 1023)])

@@ -8,7 +8,7 @@ import torch
 from conftest import TINY, lr_image, random_model
 from torch._dynamo.utils import counters
 
-import infdit_core.compiled as compiled_mod
+import infdit_core.network.compiled as compiled_mod
 from infdit_core import sample
 
 

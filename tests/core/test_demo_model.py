@@ -21,9 +21,9 @@ def test_demo_model_beats_bicubic_on_a_held_out_crop():
     """What the README claims, on one 256 px crop it never trained on: with its own sampler settings
     the demo model's PSNR is above bicubic's and its output carries more fine detail."""
     pytest.importorskip("skimage", reason="the held-out photos come from scikit-image")
-    from infdit_core.data import downscale
-    from infdit_core.evaluate import held_out_images, psnr, sharpness
-    from infdit_core.pipeline import upsample
+    from infdit_core.training.data import downscale
+    from infdit_core.training.evaluate import held_out_images, psnr, sharpness
+    from infdit_core.sampling.pipeline import upsample
 
     name, hr = held_out_images(crop=256)[0]
     lr = downscale(hr, 4).clamp(0, 1)

@@ -52,7 +52,7 @@ def test_sample_on_fake_cuda_never_waits_inside_the_block_loop(case):
     options = dict(CASES[case])
     dtype, capability = options.pop("dtype", torch.bfloat16), options.pop("capability", (9, 0))
     variant = options.pop("variant", "auto")
-    from infdit_core.attention import attention_variant
+    from infdit_core.network.attention import attention_variant
 
     def run(model, callback):
         with attention_variant(variant):

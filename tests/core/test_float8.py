@@ -5,9 +5,9 @@ import torch
 
 from conftest import TINY, lr_image, random_model
 from infdit_core import InfDiTConfig, sample
-from infdit_core.attention import KeyValueStore
-from infdit_core.float8 import FLOAT8, dequantise, quantise
-from infdit_core.memory import estimate_peak_bytes
+from infdit_core.network.frontier import KeyValueStore
+from infdit_core.network.float8 import FLOAT8, dequantise, quantise
+from infdit_core.planning.memory import estimate_peak_bytes
 
 # Measured with the test below: 0.30% (TINY, bf16) - about the bf16-vs-float32 model difference (0.36%).
 BOUND = 0.01  # max |float8 - bf16 frontier| / max |bf16 frontier result|

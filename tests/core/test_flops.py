@@ -4,9 +4,9 @@ import torch
 from conftest import random_model
 
 from infdit_core import InfDiTConfig
-from infdit_core.denoiser import BlockwiseDenoiser
-from infdit_core.flops import evaluation_flops, torch_counted_flops
-from infdit_core.scheduler import plan_blocks
+from infdit_core.sampling.denoiser import BlockwiseDenoiser
+from infdit_core.network.flops import evaluation_flops, torch_counted_flops
+from infdit_core.planning.scheduler import plan_blocks
 
 CONFIGS = [
     InfDiTConfig(layers=2, hidden=32, heads=2, vector_dim=0),

@@ -3,10 +3,12 @@ import pytest
 import torch
 
 from conftest import TINY, random_model
-from infdit_core import attention, denoiser
-from infdit_core.attention import KeyValueStore, block_attention, neighbour_blocks
-from infdit_core.denoiser import BlockwiseDenoiser
-from infdit_core.scheduler import plan_blocks
+from infdit_core.network import frontier as attention  # the store calls attend_key_groups from here
+from infdit_core.sampling import denoiser
+from infdit_core.network.attention import block_attention, neighbour_blocks
+from infdit_core.network.frontier import KeyValueStore
+from infdit_core.sampling.denoiser import BlockwiseDenoiser
+from infdit_core.planning.scheduler import plan_blocks
 from test_scheduler import GRIDS, inputs
 
 

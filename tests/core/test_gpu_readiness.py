@@ -4,10 +4,14 @@ import pytest
 import torch
 
 from conftest import TINY, lr_image, random_model, write_safetensors
-from infdit_core import attention, host, memory, precision, sample, upscale_image
-from infdit_core.attention import attend_key_groups, attention_variant
+from infdit_core import sample, upscale_image
+from infdit_core.network import attention
+from infdit_core.hardware import host
+from infdit_core.planning import memory
+from infdit_core.hardware import precision
+from infdit_core.network.attention import attend_key_groups, attention_variant
 from infdit_core.cli import main
-from infdit_core.config import InfDiTConfig
+from infdit_core.network.config import InfDiTConfig
 
 
 @pytest.mark.parametrize("cap, expected", [((7, 0), torch.float16), ((7, 5), torch.float16),
@@ -122,7 +126,7 @@ def model():
 
 
 def test_a_non_finite_pass_names_fp16_overflow_and_writes_nothing(model, tmp_path, monkeypatch):
-    from infdit_core import pipeline
+    from infdit_core.sampling import pipeline
 
     real = pipeline.sample
     monkeypatch.setattr(pipeline, "sample", lambda *a, **k: real(*a, **k) * float("inf"))
@@ -143,7 +147,8 @@ def test_a_non_finite_pass_names_fp16_overflow_and_writes_nothing(model, tmp_pat
 
 def flaky_upscale(monkeypatch, fails_when):
     """upscale_image raising CUDA's out-of-memory error for the plans `fails_when` picks."""
-    from infdit_core import pipeline, recovery
+    from infdit_core.sampling import pipeline
+    from infdit_core.sampling import recovery
 
     calls, real = [], pipeline.upscale_image
 
@@ -195,8 +200,8 @@ def test_the_batch_runner_recovers_and_reports_what_does_not_fit(model, tmp_path
 def test_the_concat_store_path_equals_the_default_on_every_plan(batch):
     """CUDA's default (one attention call per group over copied key groups) against the CPU default, through
     the frontier store: on the device and offloaded, several block batches and both scans."""
-    from infdit_core.attention import KeyValueStore
-    from infdit_core.scheduler import plan_blocks
+    from infdit_core.network.frontier import KeyValueStore
+    from infdit_core.planning.scheduler import plan_blocks
     from test_frontier import block_tokens, run_plan
 
     tokens = block_tokens(3, 4, batch=batch)

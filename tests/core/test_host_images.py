@@ -5,8 +5,8 @@ import torch
 
 from conftest import TINY, lr_image, random_model
 from infdit_core import InfDiTConfig, sample, upscale_image
-from infdit_core.memory import SOLVER_IMAGE_BUFFERS, estimate_peak_bytes
-from infdit_core.plan import check_host_memory, host_bytes, plan_run
+from infdit_core.planning.memory import SOLVER_IMAGE_BUFFERS, estimate_peak_bytes
+from infdit_core.planning.plan import check_host_memory, host_bytes, plan_run
 
 GIB = 1024**3
 
@@ -104,7 +104,7 @@ def test_a_run_that_does_not_fit_the_host_is_refused_before_it_starts(model):
 
 
 def test_upscale_image_checks_the_host_before_sampling(model, monkeypatch):
-    from infdit_core import plan as plan_module
+    from infdit_core.planning import plan as plan_module
 
     monkeypatch.setattr(plan_module, "free_device_memory", lambda device: 1000)
     events = []

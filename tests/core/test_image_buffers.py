@@ -7,8 +7,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import TINY, lr_image, random_model
-from infdit_core import sample, solvers
-from infdit_core.memory import COLOR_FIX_BUFFERS, SOLVER_IMAGE_BUFFERS, image_buffers
+from infdit_core import sample
+from infdit_core.sampling import solvers
+from infdit_core.planning.memory import COLOR_FIX_BUFFERS, SOLVER_IMAGE_BUFFERS, image_buffers
 
 
 class FullSizeImages(TorchDispatchMode):
@@ -50,7 +51,7 @@ def test_each_solver_keeps_the_images_the_estimator_counts(model, name):
 
 @pytest.mark.parametrize("fix", ["wavelet", "adain", "lab"])
 def test_the_colour_fix_keeps_the_images_the_estimator_counts(model, fix, monkeypatch):
-    monkeypatch.setattr("infdit_core.color.STRIP_ROWS", 128)  # several strips in a small image
+    monkeypatch.setattr("infdit_core.sampling.color.STRIP_ROWS", 128)  # several strips in a small image
     got = peak_images(model, lr_image(64, 96), steps=1, sampler="euler", color_fix=fix)
     assert got == max(SOLVER_IMAGE_BUFFERS["euler"], COLOR_FIX_BUFFERS[fix]) == image_buffers("euler", fix)
 
@@ -64,7 +65,7 @@ def test_in_place_solvers_leave_a_callers_noise_alone(model):
 
 
 def test_strip_wise_colour_fixes_equal_the_whole_image_ones(monkeypatch):
-    from infdit_core import color
+    from infdit_core.sampling import color
 
     g = torch.Generator().manual_seed(0)
     out, ref = torch.rand(2, 3, 300, 200, generator=g) * 2 - 1, torch.rand(2, 3, 300, 200, generator=g) * 2 - 1

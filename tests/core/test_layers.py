@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infdit_core.layers import (
+from infdit_core.network.layers import (
     block_rotary,
     layer_norm,
     noise_features,

@@ -6,8 +6,8 @@ import torch
 
 from conftest import TINY, lr_image, random_model
 from infdit_core import InfDiTConfig, block_grid, sample, upscale_image
-from infdit_core.sampler import EvaluationDone
-from infdit_core.pipeline import pad_to_multiple, upsample
+from infdit_core.sampling.sampler import EvaluationDone
+from infdit_core.sampling.pipeline import pad_to_multiple, upsample
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import torch
 
 from conftest import TINY, random_model
 from infdit_core import BlockGroupDone, EvaluationDone, sample, upscale_image
-from infdit_core.config import InfDiTConfig
-from infdit_core.pipeline import upsample
-from infdit_core.plan import fallback, native_passes, output_size, parse_target, plan_run
+from infdit_core.network.config import InfDiTConfig
+from infdit_core.sampling.pipeline import upsample
+from infdit_core.planning.plan import fallback, native_passes, output_size, parse_target, plan_run
 
 
 @pytest.fixture(scope="module")

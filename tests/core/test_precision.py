@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import TINY, random_model, write_safetensors
-from infdit_core import load_inf_dit, precision
+from infdit_core import load_inf_dit
+from infdit_core.hardware import precision
 from infdit_core.cli import _dtype
 
 

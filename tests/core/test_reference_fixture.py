@@ -40,7 +40,7 @@ def test_plain_bicubic_would_not_match(case, model, monkeypatch):
     """The check is sharp enough to catch a quiet trap: bicubic without antialias changes the output."""
     import torch.nn.functional as F
 
-    from infdit_core import pipeline
+    from infdit_core.sampling import pipeline
 
     tensors, _ = case
     monkeypatch.setattr(

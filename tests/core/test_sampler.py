@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from infdit_core import SamplingCancelled, evaluations_for, get_sigmas_karras
-from infdit_core.precond import edm_loss_weight, edm_scalings
-from infdit_core.sampler import EvaluationDone, sample_heun
+from infdit_core.network.precond import edm_loss_weight, edm_scalings
+from infdit_core.sampling.sampler import EvaluationDone, sample_heun
 
 from conftest import TINY, random_model
 

@@ -8,8 +8,8 @@ from infdit_core import (
     COLOR_FIXES, SOLVERS, BlockGroupDone, EvaluationDone, SamplingCancelled, get_sigmas_karras, sample, solvers,
     upscale_image,
 )
-from infdit_core.color import adain_fix, lab_fix, rgb_to_lab, wavelet_fix, wavelet_lowpass
-from infdit_core.pipeline import pad_to_multiple, upsample
+from infdit_core.sampling.color import adain_fix, lab_fix, rgb_to_lab, wavelet_fix, wavelet_lowpass
+from infdit_core.sampling.pipeline import pad_to_multiple, upsample
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import torch
 
 from conftest import TINY, lr_image, random_model
 from infdit_core import BlockGroupDone, SamplingCancelled, sample
-from infdit_core.attention import KeyValueStore
-from infdit_core.denoiser import BlockwiseDenoiser
-from infdit_core.scheduler import plan_blocks
-from infdit_core.pipeline import upsample
+from infdit_core.network.frontier import KeyValueStore
+from infdit_core.sampling.denoiser import BlockwiseDenoiser
+from infdit_core.planning.scheduler import plan_blocks
+from infdit_core.sampling.pipeline import upsample
 
 GRIDS = [(1, 1), (1, 5), (5, 1), (2, 3), (5, 4)]
 

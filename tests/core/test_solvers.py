@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from infdit_core import evaluations_for as heun_evaluations_for
-from infdit_core import get_sigmas_karras, solvers
-from infdit_core.sampler import EvaluationDone, run_solver
+from infdit_core import get_sigmas_karras
+from infdit_core.sampling import solvers
+from infdit_core.sampling.sampler import EvaluationDone, run_solver
 
 
 def toy(x, sigma, **ignored):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from infdit_core.loader import DEMO_MODEL_PATH
+from infdit_core.checkpoints.loader import DEMO_MODEL_PATH
 
 # torchrun is torch's own launcher; `python -m torch.distributed.run` is the same program and needs no
 # venv bin/ on PATH.

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from infdit_core import load_inf_dit
 from infdit_core.cli import build_parser
-from infdit_core.train import edm_loss, train
+from infdit_core.training.train import edm_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def train_args(out, images, *extra):
 
 def fixed_loss(model_path, images):
     """Loss on one fixed batch with fixed noise levels: comparable across checkpoints."""
-    from infdit_core.data import CropSampler, folder_image_paths, load_rgb
-    from infdit_core.train import training_batch
+    from infdit_core.training.data import CropSampler, folder_image_paths, load_rgb
+    from infdit_core.training.train import training_batch
 
     model = load_inf_dit(model_path)
     args = train_args("unused", images)
@@ -100,9 +100,9 @@ def test_init_keeps_the_weights_and_takes_new_noise_settings(tmp_path, image_fol
 
 def test_the_loss_weight_follows_the_models_sigma_data(tmp_path, image_folder):
     """Same weights, same batch, same noise: only sigma_data differs, and so does the weighted loss."""
-    from infdit_core.data import CropSampler, folder_image_paths, load_rgb
-    from infdit_core.precond import edm_loss_weight
-    from infdit_core.train import training_batch
+    from infdit_core.training.data import CropSampler, folder_image_paths, load_rgb
+    from infdit_core.network.precond import edm_loss_weight
+    from infdit_core.training.train import training_batch
 
     out = tmp_path / "m"
     train(train_args(out, image_folder, "--steps", "0", "--residual"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from infdit_core import InfDiT, InfDiTConfig
-from infdit_core.checkpoint import official_state_dict, save_model
+from infdit_core.checkpoints.checkpoint import official_state_dict, save_model
 from nodes import comfy_adapter
 
 TINY = InfDiTConfig(layers=1, hidden=64, heads=2, vector_dim=0)

@@ -2,7 +2,7 @@
 import pytest
 
 from infdit_core import InfDiTConfig
-from infdit_core.memory import SOLVER_IMAGE_BUFFERS
+from infdit_core.planning.memory import SOLVER_IMAGE_BUFFERS
 from nodes import block_size
 from nodes.block_size import GIB, BlockSettings, estimate
 

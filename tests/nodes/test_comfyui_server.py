@@ -44,7 +44,7 @@ def server(tmp_path_factory):
     global PACK_NAME
     PACK_NAME = linked[0].name
     from infdit_core import InfDiT, InfDiTConfig
-    from infdit_core.checkpoint import save_model
+    from infdit_core.checkpoints.checkpoint import save_model
     from PIL import Image
 
     (root / "models" / "inf_dit").mkdir(parents=True, exist_ok=True)

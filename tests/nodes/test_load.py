@@ -44,7 +44,7 @@ def test_same_file_is_loaded_once_per_dtype():
 
 def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch):
     """auto = bf16 on a CPU that multiplies bf16 natively (AMX / AVX512-BF16), fp32 on one that doesn't."""
-    from infdit_core import precision
+    from infdit_core.hardware import precision
 
     for native, expected in ((False, torch.float32), (True, torch.bfloat16)):
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)

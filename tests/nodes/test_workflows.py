@@ -73,7 +73,7 @@ def test_workflows_saved_before_the_compile_toggle_load_with_it_off(path):
 
 def test_poster_workflow_upscales_sdxl_1024_to_8192_within_a_24_gb_card():
     from infdit_core import InfDiTConfig
-    from infdit_core.plan import plan_run
+    from infdit_core.planning.plan import plan_run
     from nodes.block_size import settings_from_inputs
 
     nodes = by_type("sdxl_poster_x8_24gb.json")

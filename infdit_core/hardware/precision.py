@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import DTYPES
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # the names users give
 
 
 def cpu_has_native_bf16() -> bool:

@@ -7,16 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from . import solvers
-from .clip import clip_vector
+from ..network.clip import clip_vector
 from .color import apply_color_fix, check_color_fix
-from .compiled import compiled
+from ..network.compiled import compiled
 from .denoiser import BlockwiseDenoiser
-from .memory import DEFAULT_IMAGE_BUFFERS, choose_block_batch, image_buffers
-from .host import release_host_cache
-from .plan import check_host_memory, model_budget, plan_run
-from .precision import check_finite
+from ..planning.memory import DEFAULT_IMAGE_BUFFERS, choose_block_batch, image_buffers
+from ..hardware.host import release_host_cache
+from ..planning.plan import check_host_memory, model_budget, plan_run
+from ..hardware.precision import check_finite
 from .sampler import get_sigmas_karras, run_solver
-from .scheduler import plan_blocks
+from ..planning.scheduler import plan_blocks
 
 SCALES = (2, 4)
 MAX_SCHEDULE = 100_000  # longest Karras schedule denoise may ask for (steps / denoise)

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import chosen_kernel, neighbour_blocks, resolve_variant
-from .config import LR_WINDOW, InfDiTConfig
-from .host import pinned_bytes
-from .precision import native_bf16
+from ..network.attention import chosen_kernel, neighbour_blocks, resolve_variant
+from ..network.config import LR_WINDOW, InfDiTConfig
+from ..hardware.host import pinned_bytes
+from ..hardware.precision import native_bf16
 from .scheduler import BlockPlan, plan_blocks
 
 # Alive at the attention of a layer: the layer input, q/k/v (3), normed and roped q and k (2), the

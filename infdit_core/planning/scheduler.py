@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .attention import Block, neighbour_blocks
+from ..network.attention import Block, neighbour_blocks
 
 SCANS = ("auto", "rows", "columns")
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from .atomic import atomic_write, remove_stale_temps
-from .batch import Job, check_lossless, default_name, discover, is_single_image, output_name, plan_jobs, shard
+from ..checkpoints.atomic import atomic_write, remove_stale_temps
+from .jobs import Job, check_lossless, default_name, discover, is_single_image, output_name, plan_jobs, shard
 from .distributed import Ranks, start
-from .precision import NonFiniteOutput
-from .recovery import InfDiTOutOfMemory
+from ..hardware.precision import NonFiniteOutput
+from ..sampling.recovery import InfDiTOutOfMemory
 from .images import IMAGE_SUFFIXES, ImageReadError, image_size, is_complete_image, read_image, save_image
 
 
@@ -190,7 +190,7 @@ def _progress(bar, verbose: bool):
     groups to the total when it starts, since its grid is only known then."""
     from tqdm import tqdm
 
-    from .sampler import BlockGroupDone
+    from ..sampling.sampler import BlockGroupDone
 
     passes_seen = set()
 

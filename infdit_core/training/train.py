@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 
-from .precision import auto_dtype
+from ..hardware.precision import auto_dtype
 
-from .checkpoint import save_model
-from .clip import clip_vector
-from .config import InfDiTConfig
+from ..checkpoints.checkpoint import save_model
+from ..network.clip import clip_vector
+from ..network.config import InfDiTConfig
 from .data import CropSampler, default_image_paths, degrade, downscale, folder_image_paths, load_rgb
-from .loader import load_inf_dit
-from .model import InfDiT
-from .pipeline import upsample
-from .precond import edm_loss_weight
+from ..checkpoints.loader import load_inf_dit
+from ..network.model import InfDiT
+from ..sampling.pipeline import upsample
+from ..network.precond import edm_loss_weight
 
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"  # EMA weights, loadable by load_inf_dit
@@ -98,8 +98,8 @@ def build_model(args) -> InfDiT:
     if cfg.vector_dim:
         if not args.clip:
             raise SystemExit("a model with a CLIP vector needs --clip (open_clip ViT-L-14 weights)")
-        from .clip import build_clip_visual
-        from .loader import read_clip_state
+        from ..network.clip import build_clip_visual
+        from ..checkpoints.loader import read_clip_state
 
         model.clip = build_clip_visual(read_clip_state(args.clip))
     return model

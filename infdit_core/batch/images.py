@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import atomic_write
+from ..checkpoints.atomic import atomic_write
 
 # What a folder or a glob contributes (files named one by one are always tried, whatever their suffix).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")

@@ -8,8 +8,8 @@ import logging
 
 import torch
 
-from .plan import GIB, RunPlan, fallback, smallest_fitting
-from .precision import native_bf16
+from ..planning.plan import GIB, RunPlan, fallback, smallest_fitting
+from ..hardware.precision import native_bf16
 
 log = logging.getLogger("inf_dit")
 
@@ -29,7 +29,7 @@ def run_with_recovery(run, plan: RunPlan, config, dtype, include_clip: bool, dev
 
     Returns (result, the plan that ran). free_memory(device) -> bytes and empty_cache() default to torch's
     (the node passes ComfyUI's). on_retry(old_plan, new_plan) is told of each retry."""
-    from .memory import free_device_memory
+    from ..planning.memory import free_device_memory
 
     free_memory = free_memory or free_device_memory
     empty_cache = empty_cache or (lambda: empty_device_cache(device))
@@ -83,7 +83,7 @@ PLAN_OPTIONS = ("scale", "size", "long_side", "megapixels", "block_batch", "memo
 def upscale_with_recovery(model, image: torch.Tensor, **kwargs) -> torch.Tensor:
     """`upscale_image` with the out-of-memory recovery (the CLI and the batch runner): plan once, then run,
     halving the block batch and offloading the frontier as needed."""
-    from .memory import image_buffers
+    from ..planning.memory import image_buffers
     from .pipeline import plan_for, upscale_image
 
     planning = {k: kwargs.pop(k) for k in PLAN_OPTIONS if k in kwargs}

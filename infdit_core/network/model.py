@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KeyValueStore, lr_window
+from .attention import lr_window
+from .frontier import KeyValueStore
 from .config import BLOCK_TOKENS, LR_WINDOW, InfDiTConfig
 from .layers import (
     affine_norm,

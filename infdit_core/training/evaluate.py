@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import default_image_paths, downscale, folder_image_paths, load_rgb
-from .pipeline import upsample
+from ..sampling.pipeline import upsample
 
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
@@ -76,7 +76,7 @@ def held_out_images(folder=None, crop: int = 0) -> list[tuple[str, torch.Tensor]
 def evaluate_model(model, images, steps: int, seed: int, save=None, log=None, **sample_kwargs) -> list[dict]:
     """Bicubic and (if a model is given) the model on each image; sample_kwargs go to upscale_image
     (sampler, color_fix, denoise, ...)."""
-    from .pipeline import upscale_image
+    from ..sampling.pipeline import upscale_image
 
     rows = []
     for name, hr in images:
@@ -119,7 +119,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def evaluate(args) -> int:
-    from .loader import DEMO_MODEL_PATH, load_inf_dit
+    from ..checkpoints.loader import DEMO_MODEL_PATH, load_inf_dit
 
     model_path = args.model or DEMO_MODEL_PATH
     if args.model is None:

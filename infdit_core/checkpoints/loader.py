@@ -12,13 +12,13 @@ from .checkpoint import (
     read_state_dict,
     split_state,
 )
-from .clip import build_clip_visual
-from .config import InfDiTConfig
-from .model import InfDiT
-from .precision import resolve_dtype
+from ..network.clip import build_clip_visual
+from ..network.config import InfDiTConfig
+from ..network.model import InfDiT
+from ..hardware.precision import resolve_dtype
 
 # A small model this project trained itself (issue 4), so everything works before the real weights arrive.
-DEMO_MODEL_PATH = Path(__file__).parent / "weights" / "infdit-demo.safetensors"
+DEMO_MODEL_PATH = Path(__file__).parents[1] / "weights" / "infdit-demo.safetensors"
 
 CLIP_DOWNLOAD_HINT = (
     "download the open_clip ViT-L-14 weights (laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K, file "

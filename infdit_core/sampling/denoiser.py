@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from .attention import KeyValueStore
-from .host import PinnedStaging
-from .model import BlockGroup
+from ..network.frontier import KeyValueStore
+from ..hardware.host import PinnedStaging
+from ..network.model import BlockGroup
 from .sampler import BlockGroupDone
-from .scheduler import BlockPlan
+from ..planning.scheduler import BlockPlan
 
 
 def full_size_like(x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write
-from .config import InfDiTConfig
+from ..hardware.precision import DTYPES
+from ..network.config import InfDiTConfig
 
 CLIP_PREFIX = "image_encoder.model.visual."
 CONFIG_METADATA_KEY = "infdit_config"
@@ -251,7 +252,7 @@ def check_against_model(name, model, model_state, unexpected) -> None:
 
 def check_rotary_table(name: str, state: dict[str, torch.Tensor], head_dim: int) -> None:
     """A stored rotary table must equal the recomputed one (we never load it, so check it)."""
-    from .layers import rotary_table
+    from ..network.layers import rotary_table
 
     if ROTARY_KEYS[0] not in state:
         return
@@ -265,7 +266,6 @@ def check_rotary_table(name: str, state: dict[str, torch.Tensor], head_dim: int)
 
 
 # --- writing ---------------------------------------------------------------------------------------
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def convert(src, dst, dtype: str | None = None) -> dict:
@@ -281,7 +281,7 @@ def convert(src, dst, dtype: str | None = None) -> dict:
         raise CheckpointError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     state, metadata = read_state_dict(src)
     config, model_state, clip_state, unexpected = split_state(src, state, metadata)
-    from .model import InfDiT
+    from ..network.model import InfDiT
 
     with torch.device("meta"):
         check_against_model(Path(src).name, InfDiT(config), model_state, unexpected)

@@ -1,0 +1,1 @@
+"""Many images: jobs and outputs, the runner with progress and resume, torchrun ranks, image files."""

@@ -1,0 +1,1 @@
+"""Weights and files: reading and converting checkpoints, loading a model, atomic writes."""
