@@ -20,7 +20,6 @@ Run: python benchmarks/any_size.py [--measure 512,1024,2048,4096] [--budget-gib 
 from __future__ import annotations
 
 import argparse
-import inspect
 import platform
 import sys
 import time
@@ -32,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from infdit_core.planning.options import BlockOptions  # noqa: E402
 from infdit_core import InfDiT, InfDiTConfig  # noqa: E402
 from infdit_core.planning.memory import estimate_peak_bytes  # noqa: E402
 from infdit_core.sampling.pipeline import sample  # noqa: E402
@@ -109,7 +109,8 @@ def measure(side: int, device, block_batch: int) -> dict:
     result = {"device": mode.peak["device"], "host": mode.peak["host"], "seconds": time.time() - t0}
     if device.type == "cuda":
         result["cuda"] = torch.cuda.max_memory_allocated() - base
-    est = estimate_peak_bytes(SMALL, side, side, block_batch, torch.float32, include_clip=False, images_on_host=True)
+    est = estimate_peak_bytes(SMALL, side, side, block_batch, torch.float32, BlockOptions(images="host"),
+                              include_clip=False)
     result["est_device"] = est.total - est.weights
     result["est_host"] = est.host
     return result
@@ -117,11 +118,9 @@ def measure(side: int, device, block_batch: int) -> dict:
 
 def released_table(budget: int) -> list[str]:
     cfg = InfDiTConfig.released()
-    params = inspect.signature(estimate_peak_bytes).parameters
-    frontiers = [("on device", {}), ("offloaded", {"offload_frontier": True})]
-    if "float8_frontier" in params:
-        frontiers.append(("float8 on device", {"float8_frontier": True}))
-        frontiers.append(("float8 offloaded", {"float8_frontier": True, "offload_frontier": True}))
+    frontiers = [("on device", {}), ("offloaded", {"offload_frontier": True}),
+                 ("float8 on device", {"float8_frontier": True}),
+                 ("float8 offloaded", {"float8_frontier": True, "offload_frontier": True})]
     from infdit_core.planning.plan import plan_output
 
     lines = [f"Estimator, released config, bf16 (GiB); auto = largest block batch within {budget / GiB:.0f} GiB; "
@@ -131,7 +130,7 @@ def released_table(budget: int) -> list[str]:
     for h, w in ((4096, 4096), (8192, 8192), (16384, 16384), (4096, 16384)):
         for name, kw in frontiers:
             for block_batch in (1, "auto"):
-                p = plan_output(cfg, h, w, block_batch, budget, torch.bfloat16, device="cuda", **kw)
+                p = plan_output(cfg, h, w, BlockOptions(block_batch, budget, **kw), torch.bfloat16, device="cuda")
                 e = p.estimate
                 lines.append(
                     f"{w:>6}x{h:<5} {name:>17} {p.block_batch:>5} {'host' if p.images_on_host else 'device':>7} "

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infdit_core import BlockGroupDone, InfDiT, InfDiTConfig, estimate_peak_bytes, sample  # noqa: E402
 from infdit_core.network.attention import attention_variant  # noqa: E402
+from infdit_core.planning.options import BlockOptions  # noqa: E402
 from infdit_core.network.flops import evaluation_flops  # noqa: E402
 from infdit_core.network.layers import linear_gelu  # noqa: E402
 from infdit_core.hardware.precision import auto_dtype  # noqa: E402
@@ -218,8 +219,8 @@ def main(argv=None) -> int:
         r = run_setting(model, lr, setting, min_groups_for(min(n_hint, rows * cols)), seconds, device)
         r["tflops"] = r["blocks_per_s"] * flops_per_block / 1e12
         r["share_of_peak"] = r["tflops"] * 1e12 / peak
-        est = estimate_peak_bytes(config, rows * bs, cols * bs, r["block_batch"], dtype, setting.offload, 1, "auto", False,
-                                  device=device)
+        est = estimate_peak_bytes(config, rows * bs, cols * bs, r["block_batch"], dtype,
+                                  BlockOptions(offload_frontier=setting.offload), 1, False, device=device)
         r["estimate_bytes"] = est.total
         results.append(r)
         print(f"  {r['setting']:>16}: {r['seconds_per_evaluation']:.3f} s/evaluation, {r['tflops']:.2f} TFLOP/s",

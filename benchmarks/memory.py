@@ -160,12 +160,13 @@ def estimate(spec: dict):
 
     from infdit_core.network.config import InfDiTConfig
     from infdit_core.planning.memory import estimate_peak_bytes
+    from infdit_core.planning.options import BlockOptions
 
     cfg = InfDiTConfig(**spec["config"])
     h, w = spec["height"], spec["width"]
     n = (h // cfg.block_size) * (w // cfg.block_size) if spec["n"] == "whole" else spec["n"]
-    est = estimate_peak_bytes(cfg, h, w, n, getattr(torch, spec["dtype"]), spec.get("offload", False),
-                              include_clip=False)  # the benchmark model has no CLIP tower
+    est = estimate_peak_bytes(cfg, h, w, n, getattr(torch, spec["dtype"]),
+                              BlockOptions(offload_frontier=spec.get("offload", False)), include_clip=False)  # the benchmark model has no CLIP tower
     one_image = 3 * h * w * 4  # the evaluation's float32 output D
     return est, est.frontier + est.activations + one_image
 

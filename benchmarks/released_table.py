@@ -31,6 +31,7 @@ from memory import estimate, header, run_point  # noqa: E402
 
 from infdit_core.network.config import InfDiTConfig  # noqa: E402
 from infdit_core.planning.memory import choose_block_batch, estimate_peak_bytes  # noqa: E402
+from infdit_core.planning.options import BlockOptions  # noqa: E402
 from infdit_core.planning.scheduler import plan_blocks  # noqa: E402
 
 GiB = 1024**3
@@ -67,9 +68,9 @@ def main() -> None:
     for s in SIZES:
         blocks = (s // cfg.block_size) ** 2
         for label, offload in (("frontier on device", False), ("frontier offloaded", True)):
-            print(f"{s:5} {'n=1, ' + label:28} {1:5} {fmt(estimate_peak_bytes(cfg, s, s, 1, bf16, offload))}")
-            n = choose_block_batch(cfg, s, s, BUDGET, bf16, offload, device="cuda")
-            est = estimate_peak_bytes(cfg, s, s, n, bf16, offload)
+            print(f"{s:5} {'n=1, ' + label:28} {1:5} {fmt(estimate_peak_bytes(cfg, s, s, 1, bf16, BlockOptions(offload_frontier=offload)))}")
+            n = choose_block_batch(cfg, s, s, BUDGET, bf16, BlockOptions(offload_frontier=offload), device="cuda")
+            est = estimate_peak_bytes(cfg, s, s, n, bf16, BlockOptions(offload_frontier=offload))
             note = "" if est.total <= BUDGET else "  (does not fit even at n=1)"
             print(f"{s:5} {'auto 24 GB, ' + label:28} {n:5} {fmt(est)}{note}")
         print(f"{s:5} {'whole image (one group)':28} {blocks:5} {fmt(estimate_peak_bytes(cfg, s, s, blocks, bf16))}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import torch
 
 from .checkpoints.checkpoint import CheckpointError
 from .hardware.precision import DTYPES
+from .planning.options import BlockOptions
+from .sampling.options import SamplingOptions
 from .sampling.color import COLOR_FIXES
 from .checkpoints.loader import DEMO_MODEL_PATH
 from .planning.plan import output_size
@@ -52,16 +55,16 @@ def load_model(args, device: str):
     return load_inf_dit(model_path, device=device, dtype=_dtype(args.dtype, device), clip_path=args.clip)
 
 
-def upscale_options(args) -> dict:
-    """Keyword arguments of `upscale_image` from the command line, the same for every image of a run
-    (the seed is per image, see infdit_core/batch/jobs.py)."""
-    return dict(
-        **_wanted_size(args), steps=args.steps,
-        block_batch="auto" if args.block_batch == "auto" else int(args.block_batch),
-        scan=args.scan, offload_frontier=args.offload_frontier, compile=args.compile,
-        float8_frontier=args.float8_frontier,
-        sampler=args.sampler, denoise=args.denoise, color_fix=args.color_fix,
-    )
+def block_options(args) -> BlockOptions:
+    """How to walk the blocks, from the command line (built once, the same for every image)."""
+    return BlockOptions("auto" if args.block_batch == "auto" else int(args.block_batch), None, args.offload_frontier,
+                        args.float8_frontier, args.scan)
+
+
+def sampling_options(args) -> SamplingOptions:
+    """How to sample, from the command line (the seed is per image: see infdit_core/batch/jobs.py)."""
+    return SamplingOptions(sampler=args.sampler, steps=args.steps, denoise=args.denoise, color_fix=args.color_fix,
+                           compile=args.compile)
 
 
 def cmd_upscale(args) -> int:
@@ -70,11 +73,10 @@ def cmd_upscale(args) -> int:
 
     if not 0 < args.denoise <= 1:  # before any image is read or written
         raise ValueError(f"denoise must be a number in (0, 1] (1 = start from full noise), got {args.denoise!r}")
-    options = upscale_options(args)
-    wanted = _wanted_size(args)
+    blocks, sampling, wanted = block_options(args), sampling_options(args), _wanted_size(args)
 
     def upscale_one(model, image, seed, callback):
-        return upscale_with_recovery(model, image, seed=seed, callback=callback, **options)
+        return upscale_with_recovery(model, image, wanted, blocks, dataclasses.replace(sampling, seed=seed), callback)
 
     return run_upscale(args, Upscaler(
         load_model=lambda device: load_model(args, device),
@@ -134,19 +136,19 @@ def cmd_estimate(args) -> int:
     budget = None if args.budget is None else int(args.budget * 1024**3)
     if block_batch == "auto" and budget is None:
         raise SystemExit("--block-batch auto needs --budget GIB (the device memory it may use)")
-    common = dict(block_batch=block_batch, budget=budget, dtype=dtype, offload_frontier=args.offload_frontier,
-                  float8_frontier=args.float8_frontier,
-                  images=args.images, device="cuda" if budget is not None else None)
+    blocks = BlockOptions(block_batch, budget, args.offload_frontier, args.float8_frontier, images=args.images)
+    device = "cuda" if budget is not None else None
     for side in args.sizes:
         try:
             w, h = (int(v) for v in side.lower().split("x")) if "x" in side.lower() else (int(side), int(side))
         except ValueError:
             raise SystemExit(f"output size must be N or WIDTHxHEIGHT, got {side!r}") from None
         if args.scale is None:
-            p = plan_output(cfg, h, w, **common)
+            p = plan_output(cfg, h, w, blocks, dtype, device=device)
             print(f"{w}x{h} block_batch {p.block_batch}: {p.estimate}")
             continue
-        plan = plan_run(cfg, max(1, round(h / args.scale)), max(1, round(w / args.scale)), size=(h, w), **common)
+        plan = plan_run(cfg, max(1, round(h / args.scale)), max(1, round(w / args.scale)), {"size": (h, w)}, blocks,
+                        dtype, device=device)
         print(f"{plan.describe()}: device peak {plan.peak.total / 1024**3:.2f} GiB, host {plan.peak.host / 1024**3:.2f} GiB")
         for k, p in enumerate(plan.passes):
             (oh, ow) = p.out_size

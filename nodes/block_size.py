@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from . import comfy_adapter as comfy
-from .core import InfDiTConfig, plan_output
+from .core import SCANS, BlockOptions, InfDiTConfig, plan_output
 from .spec import Input, NodeResult, NodeSpec, Output
 
 GIB = 1024**3
@@ -17,7 +17,6 @@ FRONTIER_OFFLOADED = "offloaded to CPU"
 FRONTIER_FLOAT8 = "on device, float8"
 FRONTIER_OFFLOADED_FLOAT8 = "offloaded to CPU, float8"
 FRONTIERS = (FRONTIER_ON_DEVICE, FRONTIER_OFFLOADED, FRONTIER_FLOAT8, FRONTIER_OFFLOADED_FLOAT8)
-SCANS = ("auto", "rows", "columns")
 
 
 @dataclass(frozen=True)
@@ -31,12 +30,14 @@ class BlockSettings:
     float8_frontier: bool = False  # store them as float8 e4m3 with a per-block scale
 
     def __post_init__(self):
-        if self.block_batch != "auto" and (isinstance(self.block_batch, bool) or not isinstance(self.block_batch, int) or self.block_batch < 1):
-            raise ValueError(f"block batch must be 'auto' or an integer >= 1, got {self.block_batch!r}")
+        self.options()  # the core's checks of block batch and scan
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ValueError(f"memory budget must be positive, got {self.memory_budget!r} bytes")
-        if self.scan not in SCANS:
-            raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {self.scan!r}")
+
+    def options(self, memory_budget: int | None = None) -> BlockOptions:
+        """The core's BlockOptions for these settings (`memory_budget`: bytes to use when none was set)."""
+        budget = self.memory_budget if self.memory_budget is not None else memory_budget
+        return BlockOptions(self.block_batch, budget, self.offload_frontier, self.float8_frontier, self.scan)
 
     def describe(self) -> str:
         budget = "free memory" if self.memory_budget is None else f"{self.memory_budget / GIB:.1f} GiB"
@@ -48,9 +49,7 @@ def estimate(settings: BlockSettings, config, out_h: int, out_w: int, dtype=torc
              include_clip: bool = True, device=None):
     """(block batch used, MemoryEstimate) for one image of out_h x out_w output pixels. On a `device`
     other than the CPU the full-size images go to the host when they would not fit, as in a run."""
-    budget = settings.memory_budget if settings.memory_budget is not None else free_bytes
-    p = plan_output(config, out_h, out_w, settings.block_batch, budget, dtype, settings.offload_frontier, settings.scan,
-                    include_clip, device=device, float8_frontier=settings.float8_frontier)
+    p = plan_output(config, out_h, out_w, settings.options(free_bytes), dtype, include_clip, device=device)
     return p.block_batch, p.estimate
 
 

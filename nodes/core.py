@@ -14,8 +14,11 @@ try:
     from ..infdit_core.planning.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
     from ..infdit_core.hardware.precision import auto_dtype  # noqa: F401
     from ..infdit_core.planning.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
-    from ..infdit_core.planning.scheduler import plan_blocks  # noqa: F401
+    from ..infdit_core.planning.scheduler import SCANS, plan_blocks  # noqa: F401
     from ..infdit_core.sampling.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401
+    from ..infdit_core.sampling.options import SamplingOptions  # noqa: F401
+    from ..infdit_core.sampling.pipeline import plan_for, upscale_planned  # noqa: F401
+    from ..infdit_core.planning.options import BlockOptions  # noqa: F401
 except ImportError:  # "attempted relative import beyond top-level package": nodes/ is top-level
     from infdit_core import (  # noqa: F401
         DEMO_MODEL_PATH, BlockGroupDone, CheckpointError, EvaluationDone, InfDiTConfig, block_grid,
@@ -27,5 +30,8 @@ except ImportError:  # "attempted relative import beyond top-level package": nod
     from infdit_core.planning.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
     from infdit_core.hardware.precision import auto_dtype  # noqa: F401
     from infdit_core.planning.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
-    from infdit_core.planning.scheduler import plan_blocks  # noqa: F401
+    from infdit_core.planning.scheduler import SCANS, plan_blocks  # noqa: F401
     from infdit_core.sampling.recovery import InfDiTOutOfMemory, run_with_recovery  # noqa: F401
+    from infdit_core.sampling.options import SamplingOptions  # noqa: F401
+    from infdit_core.sampling.pipeline import plan_for, upscale_planned  # noqa: F401
+    from infdit_core.planning.options import BlockOptions  # noqa: F401

@@ -2,12 +2,14 @@
 Cancel and an out-of-memory fallback. The model work is the core's `upscale_image`."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from . import comfy_adapter as comfy
 from .block_size import BlockSettings
 from .core import (
-    BlockGroupDone, InfDiTOutOfMemory, image_buffers, model_budget, parse_target, plan_blocks, plan_run,
+    BlockGroupDone, InfDiTOutOfMemory, SamplingOptions, image_buffers, parse_target, plan_blocks, plan_for,
     run_with_recovery, upscale_image,
 )
 from .progress import EVENT, BlockTracker
@@ -17,12 +19,6 @@ from .spec import Input, NodeResult, NodeSpec, Output
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 # "4" and "2" first and unchanged: saved workflows hold these strings.
 SCALE_OPTIONS = ("4", "2", "8", "16", "1", "1.5", "3", "6")
-
-
-def _budget(handle, device, settings: BlockSettings) -> int:
-    if settings.memory_budget is not None:
-        return settings.memory_budget
-    return model_budget(handle.model, comfy.free_memory_bytes(device))
 
 
 def _factor(scale) -> float:
@@ -46,31 +42,24 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
     how = sampling(cfg, steps, sampler, sigmas, solver, denoise, color_fix)  # bad input fails before any loading
     wanted = parse_target(target) or {"scale": _factor(scale)}
     device = comfy.torch_device()
-    clip = handle.model.clip is not None
-    dtype = handle.model.dtype
-
-    def make_plan(block_batch, budget=None):
-        return plan_run(cfg, h, w, **wanted, block_batch=block_batch, budget=budget, dtype=dtype,
-                        offload_frontier=settings.offload_frontier, scan=settings.scan, include_clip=clip,
-                        float8_frontier=settings.float8_frontier, device=device,
-                        image_buffers=image_buffers(how.options["sampler"], color_fix))
+    buffers = image_buffers(how.options["sampler"], color_fix)
 
     # Make room for the run at block batch 1 at least, then size the batches from what is really free.
-    minimum = make_plan(1).peak
+    minimum = plan_for(handle.model, h, w, 1, wanted, replace(settings.options(), block_batch=1, images="device"), buffers, device,
+                       comfy.free_memory_bytes(device)).peak
     net = comfy.load_to_device(handle.patcher, handle.model, minimum.total - minimum.weights)
-    plan = make_plan(settings.block_batch, _budget(handle, device, settings))
-    evaluations = how.evaluations
-    progress = comfy.Progress(b * _groups(plan) * evaluations, node_id)
+    plan = plan_for(net, h, w, 1, wanted, settings.options(), buffers, device, comfy.free_memory_bytes(device))
+    how_to = SamplingOptions(steps=steps, compile=bool(compile), **how.options)
+    progress = comfy.Progress(b * _groups(plan) * how.evaluations, node_id)
     results, retried = [], None
     try:
         for i in range(b):
             comfy.check_interrupted()
-            args = dict(image=image[i:i + 1], steps=steps, seed=(seed + i) % (SEED_MAX + 1), compile=bool(compile),
-                        **how.options)
+            one = (image[i:i + 1], replace(how_to, seed=(seed + i) % (SEED_MAX + 1)))
             out, ran = run_with_recovery(
-                lambda p, args=args, i=i: _run_one(net, args, p, evaluations, i, b, progress, node_id),
-                plan, cfg, dtype, clip, device, free_memory=comfy.free_memory_bytes, empty_cache=comfy.empty_cache,
-                oom_errors=comfy.oom_errors())
+                lambda p, one=one, i=i: _run_one(net, *one, p, how.evaluations, i, b, progress, node_id),
+                plan, cfg, net.dtype, net.clip is not None, device, free_memory=comfy.free_memory_bytes,
+                empty_cache=comfy.empty_cache, oom_errors=comfy.oom_errors())
             if ran is not plan:
                 plan, retried = ran, (ran.block_batch, ran.offload_frontier)
             results.append(out)
@@ -87,10 +76,10 @@ def _groups(plan) -> int:
     return sum(len(plan_blocks(*p.grid, p.block_batch, plan.scan).groups) for p in plan.passes)
 
 
-def _run_one(net, args, plan, evaluations, image, images, progress, node_id):
+def _run_one(net, image, how_to, plan, evaluations, index, images, progress, node_id):
     """One image with progress, preview and Cancel wired to the core's events."""
     bs = net.config.block_size
-    trackers = [BlockTracker(plan_blocks(*p.grid, p.block_batch, plan.scan), *p.out_size, bs, evaluations, image, images)
+    trackers = [BlockTracker(plan_blocks(*p.grid, p.block_batch, plan.scan), *p.out_size, bs, evaluations, index, images)
                 for p in plan.passes]
 
     def callback(event):
@@ -101,11 +90,11 @@ def _run_one(net, args, plan, evaluations, image, images, progress, node_id):
             message.update(run_pass=k, run_passes=len(trackers), scale=plan.passes[k].scale)
             # totals read now: a ComfyUI sampler's evaluation count is an estimate, a tracker grows if it runs longer
             per_image = sum(t.total for t in trackers)
-            before = image * per_image + sum(t.total for t in trackers[:k])
+            before = index * per_image + sum(t.total for t in trackers[:k])
             progress.update(before + message["value"], images * per_image, trackers[k].preview_if_due())
             comfy.send_to_browser(EVENT, {"node": node_id, **message})
 
-    return upscale_image(net, plan=plan, callback=callback, **args)
+    return upscale_image(net, image=image, plan=plan, callback=callback, seed=how_to.seed, **how_to.keywords())
 
 
 def spec() -> NodeSpec:

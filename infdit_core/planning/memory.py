@@ -23,6 +23,7 @@ from ..network.attention import chosen_kernel, neighbour_blocks, resolve_variant
 from ..network.config import LR_WINDOW, InfDiTConfig
 from ..hardware.host import pinned_bytes
 from ..hardware.precision import native_bf16
+from .options import BlockOptions
 from .scheduler import BlockPlan, plan_blocks
 
 # Alive at the attention of a layer: the layer input, q/k/v (3), normed and roped q and k (2), the
@@ -109,23 +110,22 @@ def estimate_peak_bytes(
     out_width: int,
     block_batch: int,
     dtype: torch.dtype = torch.bfloat16,
-    offload_frontier: bool = False,
+    blocks: BlockOptions = BlockOptions(),
     batch: int = 1,
-    scan: str = "auto",
     include_clip: bool = True,
-    images_on_host: bool = False,
-    float8_frontier: bool = False,
     image_buffers: int = DEFAULT_IMAGE_BUFFERS,
     device=None,
 ) -> MemoryEstimate:
     """Predicted peak bytes on the compute device for sampling an output of this size, and on the host.
 
-    images_on_host: the sampler's full-size images live on the host and only each group's blocks
-    go to the device; an offloaded frontier also counts on the host. float8_frontier: cached keys/values
-    stored as float8 e4m3 (1 byte) with one float32 scale per block, layer, tensor and image.
+    blocks: how the blocks are walked (BlockOptions): an offloaded frontier counts on the host; float8
+    stores cached keys/values in 1 byte with one float32 scale per block, layer, tensor and image;
+    images="host" keeps the sampler's full-size images there (only each group's blocks go to the device).
     image_buffers: full-size images the solver and colour fix keep (`image_buffers()`; default: heun).
     device: the compute device (None: the CPU's figures). On CUDA the attention path it will take
     (`attention_path`) and the page-locked host memory as torch's allocator rounds it are counted."""
+    offload_frontier, float8_frontier, scan = blocks.offload_frontier, blocks.float8_frontier, blocks.scan
+    images_on_host = blocks.images_on_host
     el = torch.finfo(dtype).bits // 8
     bs = config.block_size
     rows, cols = -(-out_height // bs), -(-out_width // bs)
@@ -228,32 +228,30 @@ def choose_block_batch(
     out_width: int,
     budget_bytes: int,
     dtype: torch.dtype = torch.bfloat16,
-    offload_frontier: bool = False,
+    blocks: BlockOptions = BlockOptions(),
     batch: int = 1,
-    scan: str = "auto",
     include_clip: bool = True,
-    images_on_host: bool = False,
-    float8_frontier: bool = False,
     device=None,
     image_buffers: int = DEFAULT_IMAGE_BUFFERS,
 ) -> int:
     """The "auto" block batch on `device` (None = the default device: CUDA if present, else CPU): the
     largest block batch up to `fastest_block_batch` whose estimate fits `budget_bytes` (every candidate is
     estimated: nothing assumes the estimate grows with the block batch), or the whole image as one group
-    where that fits and needs no more (it has no frontier). Always >= 1."""
+    where that fits and needs no more (it has no frontier). Always >= 1. `blocks`' block batch and budget
+    are not read: the walk (frontier, float8, scan, where the images live) is."""
     bs = config.block_size
     total = -(-out_height // bs) * -(-out_width // bs)
     cap = fastest_block_batch(device)
-    if cap is not None and offload_frontier and cap > 1:
+    if cap is not None and blocks.offload_frontier and cap > 1:
         cap = OFFLOADED_CUDA_BLOCK_BATCH
 
     def estimate(n: int) -> int:
-        return estimate_peak_bytes(config, out_height, out_width, n, dtype, offload_frontier, batch, scan, include_clip,
-                                   images_on_host, float8_frontier, image_buffers, device).total
+        return estimate_peak_bytes(config, out_height, out_width, n, dtype, blocks, batch, include_clip, image_buffers,
+                                   device).total
 
     if cap is None:
-        return largest_fitting_block_batch(config, out_height, out_width, budget_bytes, dtype, offload_frontier, batch,
-                                           scan, include_clip, images_on_host, float8_frontier, image_buffers, device)
+        return largest_fitting_block_batch(config, out_height, out_width, budget_bytes, dtype, blocks, batch,
+                                           include_clip, image_buffers, device)
     fitting = [(n, e) for n in range(1, min(cap, total) + 1) if (e := estimate(n)) <= budget_bytes]
     best, best_bytes = fitting[-1] if fitting else (1, estimate(1))
     if total > best and cap > 1 and estimate(total) <= min(budget_bytes, best_bytes):
@@ -267,12 +265,9 @@ def largest_fitting_block_batch(
     out_width: int,
     budget_bytes: int,
     dtype: torch.dtype = torch.bfloat16,
-    offload_frontier: bool = False,
+    blocks: BlockOptions = BlockOptions(),
     batch: int = 1,
-    scan: str = "auto",
     include_clip: bool = True,
-    images_on_host: bool = False,
-    float8_frontier: bool = False,
     image_buffers: int = DEFAULT_IMAGE_BUFFERS,
     device=None,
 ) -> int:
@@ -287,8 +282,8 @@ def largest_fitting_block_batch(
     total = -(-out_height // bs) * -(-out_width // bs)
 
     def fits(n: int) -> bool:
-        est = estimate_peak_bytes(config, out_height, out_width, n, dtype, offload_frontier, batch, scan, include_clip,
-                                  images_on_host, float8_frontier, image_buffers, device)
+        est = estimate_peak_bytes(config, out_height, out_width, n, dtype, blocks, batch, include_clip, image_buffers,
+                                  device)
         return est.total <= budget_bytes
 
     if fits(total):

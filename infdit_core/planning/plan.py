@@ -16,13 +16,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .options import BlockOptions
 from .memory import (
     DEFAULT_IMAGE_BUFFERS, MemoryEstimate, choose_block_batch, default_budget, dit_parameters, estimate_peak_bytes,
     free_device_memory,
 )
 
 MAX_FACTOR = 16
-IMAGE_PLACES = ("auto", "device", "host")
 GIB = 1024**3
 NATIVE_PASSES = ((2,), (4,), (4, 2), (4, 4))  # by product: the first that reaches a factor is the plan
 
@@ -132,6 +132,11 @@ class RunPlan:
     image_buffers: int = DEFAULT_IMAGE_BUFFERS  # full-size images of the solver/colour fix (memory.image_buffers)
     device: str | None = None  # the compute device it was planned for (None: not known)
 
+    def blocks(self, block_batch, offload_frontier: bool, images_on_host: bool) -> BlockOptions:
+        """The walk of one of its passes as BlockOptions (for estimates and retries)."""
+        return BlockOptions(block_batch, None, offload_frontier, self.float8_frontier, self.scan,
+                            "host" if images_on_host else "device")
+
     @property
     def resize(self) -> bool:
         return self.passes[-1].out_size != self.out_size
@@ -155,76 +160,68 @@ def plan_run(
     config,
     height: int,
     width: int,
-    *,
-    scale=None,
-    size=None,
-    long_side=None,
-    megapixels=None,
-    block_batch="auto",
-    budget: int | None = None,
+    target: dict | None = None,
+    blocks: BlockOptions = BlockOptions(),
     dtype: torch.dtype = torch.bfloat16,
-    offload_frontier: bool = False,
-    scan: str = "auto",
     include_clip: bool = True,
     batch: int = 1,
-    images: str = "auto",
     device=None,
-    float8_frontier: bool = False,
-    native: tuple[int, ...] | None = None,
     image_buffers: int = DEFAULT_IMAGE_BUFFERS,
 ) -> RunPlan:
-    """Plan a run for an input of height x width. `budget` (bytes) sizes "auto" block batches, which are
-    the fastest for `device`'s kind that fit (memory.choose_block_batch; None: CUDA if present, else CPU).
+    """Plan a run for an input of height x width. target: the output size as `output_size` takes it, one
+    of {"scale": f}, {"size": (h, w)}, {"long_side": n}, {"megapixels": m} (None: scale 4). blocks: how
+    to walk them; its `memory_budget` (bytes) sizes "auto" block batches, the fastest for `device`'s kind
+    that fit (memory.choose_block_batch; None: CUDA if present, else CPU).
 
-    images: where the sampler's full-size images live - "device", "host", or "auto": on the host
-    when the compute `device` is not the CPU and a pass would not fit `budget` even at block batch 1
-    with them on the device (on a CPU they are the same memory). image_buffers: the full-size images
-    the chosen solver and colour fix keep (memory.image_buffers; default: heun, no fix)."""
-    if images not in IMAGE_PLACES:
-        raise ValueError(f"images must be one of {', '.join(IMAGE_PLACES)}, got {images!r}")
-    if isinstance(block_batch, bool) or not (block_batch == "auto" or (isinstance(block_batch, int) and block_batch >= 1)):
-        raise ValueError(f"block_batch must be 'auto' or an integer >= 1, got {block_batch!r}")
-    out = output_size(height, width, scale, size, long_side, megapixels)
+    blocks.images "auto": the full-size images go to the host when the compute `device` is not the CPU
+    and a pass would not fit the budget even at block batch 1 with them on the device (on a CPU they are
+    the same memory). image_buffers: the full-size images the chosen solver and colour fix keep
+    (memory.image_buffers; default: heun, no fix)."""
+    out = output_size(height, width, **(target or {}))
     factor = min(max(out[0] / height, out[1] / width), MAX_FACTOR)
+    return _plan(config, height, width, out, native_passes(factor), blocks, dtype, include_clip, batch, device,
+                 image_buffers)
+
+
+def _plan(config, height, width, out, native, blocks: BlockOptions, dtype, include_clip, batch, device,
+          image_buffers) -> RunPlan:
+    budget = blocks.memory_budget
     passes, h, w = [], height, width
-    for s in native or native_passes(factor):
-        on_host = images == "host"
-        if images == "auto" and device is not None and torch.device(device).type != "cpu" and budget is not None:
-            on_host = _plan_pass(config, s, h, w, 1, None, dtype, offload_frontier, scan, include_clip, batch,
-                                 False, float8_frontier, device, image_buffers).estimate.total > budget
-        passes.append(_plan_pass(config, s, h, w, block_batch, budget, dtype, offload_frontier, scan, include_clip, batch,
-                                 on_host, float8_frontier, device, image_buffers))
+    for s in native:
+        on_host = blocks.images == "host"
+        if blocks.images == "auto" and device is not None and torch.device(device).type != "cpu" and budget is not None:
+            on_host = _plan_pass(config, s, h, w, replace(blocks, block_batch=1, images="device"), dtype, include_clip,
+                                 batch, device, image_buffers).estimate.total > budget
+        passes.append(_plan_pass(config, s, h, w, replace(blocks, images="host" if on_host else "device"), dtype,
+                                 include_clip, batch, device, image_buffers))
         h, w = h * s, w * s
-    return RunPlan((height, width), out, tuple(passes), offload_frontier, scan, batch, float8_frontier, image_buffers,
-                   None if device is None else str(torch.device(device)))
+    return RunPlan((height, width), out, tuple(passes), blocks.offload_frontier, blocks.scan, batch,
+                   blocks.float8_frontier, image_buffers, None if device is None else str(torch.device(device)))
 
 
-def plan_output(config, out_height: int, out_width: int, block_batch="auto", budget: int | None = None,
-                dtype: torch.dtype = torch.bfloat16, offload_frontier: bool = False, scan: str = "auto",
-                include_clip: bool = True, batch: int = 1, images: str = "auto", device=None,
-                float8_frontier: bool = False) -> PassPlan:
+def plan_output(config, out_height: int, out_width: int, blocks: BlockOptions = BlockOptions(),
+                dtype: torch.dtype = torch.bfloat16, include_clip: bool = True, batch: int = 1, device=None) -> PassPlan:
     """One pass producing out_height x out_width (block batch, placement and estimate), for estimates
     shown before the input is known (Block Size Control, the `estimate` command)."""
-    return plan_run(config, out_height, out_width, scale=1, block_batch=block_batch, budget=budget, dtype=dtype,
-                    offload_frontier=offload_frontier, scan=scan, include_clip=include_clip, batch=batch,
-                    images=images, device=device, float8_frontier=float8_frontier, native=(1,)).passes[0]
+    return _plan(config, out_height, out_width, (out_height, out_width), (1,), blocks, dtype, include_clip, batch,
+                 device, DEFAULT_IMAGE_BUFFERS).passes[0]
 
 
-def _plan_pass(config, s, h, w, block_batch, budget, dtype, offload, scan, include_clip, batch, on_host,
-               float8=False, device=None, image_buffers=DEFAULT_IMAGE_BUFFERS) -> PassPlan:
+def _plan_pass(config, s, h, w, blocks: BlockOptions, dtype, include_clip, batch, device=None,
+               image_buffers=DEFAULT_IMAGE_BUFFERS) -> PassPlan:
+    """One native pass; `blocks.images` is "device" or "host" here (decided by the caller)."""
     bs = config.block_size
     grid = (-(-h * s // bs), -(-w * s // bs))
     out_h, out_w = grid[0] * bs, grid[1] * bs
-    if block_batch == "auto":
-        if budget is None:
+    if blocks.block_batch == "auto":
+        if blocks.memory_budget is None:
             raise ValueError("an 'auto' block batch needs a memory budget")
-        n = choose_block_batch(config, out_h, out_w, budget, dtype, offload, batch, scan, include_clip, on_host, float8, device,
+        n = choose_block_batch(config, out_h, out_w, blocks.memory_budget, dtype, blocks, batch, include_clip, device,
                                image_buffers)
     else:
-        n = block_batch
-    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, offload, batch, scan, include_clip, on_host, float8,
-                              image_buffers, device)
-    return PassPlan(s, (h, w), grid, min(n, grid[0] * grid[1]), est, on_host)
+        n = blocks.block_batch
+    est = estimate_peak_bytes(config, out_h, out_w, n, dtype, blocks, batch, include_clip, image_buffers, device)
+    return PassPlan(s, (h, w), grid, min(n, grid[0] * grid[1]), est, blocks.images_on_host)
 
 
 def fallback(plan: RunPlan, config, dtype=torch.bfloat16, include_clip: bool = True) -> RunPlan | None:
@@ -237,8 +234,8 @@ def fallback(plan: RunPlan, config, dtype=torch.bfloat16, include_clip: bool = T
     else:
         return None
     passes = tuple(
-        _plan_pass(config, p.scale, *p.in_size, min(p.block_batch, n), None, dtype, offload, plan.scan, include_clip,
-                   plan.batch, p.images_on_host, plan.float8_frontier, plan.device, plan.image_buffers)
+        _plan_pass(config, p.scale, *p.in_size, plan.blocks(min(p.block_batch, n), offload, p.images_on_host), dtype,
+                   include_clip, plan.batch, plan.device, plan.image_buffers)
         for p in plan.passes
     )
     return replace(plan, passes=passes, offload_frontier=offload)
@@ -248,11 +245,11 @@ def smallest_fitting(plan: RunPlan, config, free: int, dtype=torch.bfloat16, inc
     """(block batch, device bytes) of the smallest settings for this plan's sizes with the frontier
     offloaded: the largest block batch fitting `free` on every pass, and the peak at block batch 1."""
     fits = min(choose_block_batch(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, free, dtype,
-                                  True, plan.batch, plan.scan, include_clip, p.images_on_host,
-                                  device=plan.device, image_buffers=plan.image_buffers) for p in plan.passes)
+                                  plan.blocks(1, True, p.images_on_host), plan.batch, include_clip, plan.device,
+                                  plan.image_buffers) for p in plan.passes)
     smallest = max(estimate_peak_bytes(config, p.grid[0] * config.block_size, p.grid[1] * config.block_size, 1, dtype,
-                                       True, plan.batch, plan.scan, include_clip, p.images_on_host,
-                                       image_buffers=plan.image_buffers, device=plan.device).total
+                                       plan.blocks(1, True, p.images_on_host), plan.batch, include_clip,
+                                       plan.image_buffers, plan.device).total
                    for p in plan.passes)
     return fits, smallest
 

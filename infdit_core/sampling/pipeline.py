@@ -13,7 +13,9 @@ from ..network.compiled import compiled
 from .denoiser import BlockwiseDenoiser
 from ..planning.memory import DEFAULT_IMAGE_BUFFERS, choose_block_batch, image_buffers
 from ..hardware.host import release_host_cache
+from ..planning.options import BlockOptions
 from ..planning.plan import check_host_memory, model_budget, plan_run
+from .options import SamplingOptions
 from ..hardware.precision import check_finite
 from .sampler import get_sigmas_karras, run_solver
 from ..planning.scheduler import plan_blocks
@@ -191,16 +193,16 @@ def _resolve_block_batch(model, block_batch, out_h, out_w, batch, scan, offload,
     if block_batch is None or block_batch == "auto":
         if budget is None:
             budget = model_budget(model)
-        return choose_block_batch(
-            model.config, out_h, out_w, budget, model.dtype, offload, batch, scan, include_clip=model.clip is not None,
-            device=model.device, image_buffers=buffers,
-        )
+        return choose_block_batch(model.config, out_h, out_w, budget, model.dtype,
+                                  BlockOptions(offload_frontier=offload, scan=scan), batch, model.clip is not None,
+                                  model.device, buffers)
     if isinstance(block_batch, bool) or not isinstance(block_batch, int) or block_batch < 1:
         raise ValueError(f"block_batch must be 'auto' or an integer >= 1, got {block_batch!r}")
     return block_batch
 
 
-def run_plan(model, lr: torch.Tensor, plan, steps: int | None = None, seed: int = 0, callback=None, **kwargs) -> torch.Tensor:
+def run_plan(model, lr: torch.Tensor, plan, sampling: SamplingOptions = SamplingOptions(), callback=None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
     """Run a `RunPlan` (see plan.py): lr (B, 3, h, w) in [-1, 1] -> (B, 3, *plan.out_size) in [-1, 1].
 
     Each native pass is one `sample` call on the previous pass's float output (clamped to [-1, 1],
@@ -208,21 +210,21 @@ def run_plan(model, lr: torch.Tensor, plan, steps: int | None = None, seed: int 
     antialiased bicubic resize gives the exact size when the passes overshoot it."""
     if tuple(lr.shape[-2:]) != tuple(plan.in_size):
         raise ValueError(f"the plan is for a {plan.in_size[1]}x{plan.in_size[0]} input, got {lr.shape[-1]}x{lr.shape[-2]}")
-    if kwargs.get("noise") is not None and len(plan.passes) > 1:
+    if noise is not None and len(plan.passes) > 1:
         raise ValueError("noise can only be given for a single-pass run (scale 2 or 4)")
     check_host_memory(plan, model.device.type == "cpu")
     # One native pass: sample() fixes colour against its own bicubic image. Several passes (or a last
     # resize): fix once at the end, against the bicubic upscale of the original input.
-    color_fix = check_color_fix(kwargs.pop("color_fix", "none"))
+    color_fix = check_color_fix(sampling.color_fix)
     single = len(plan.passes) == 1 and not plan.resize
     x = lr
     try:
         for k, p in enumerate(plan.passes):
             x = sample(
-                model, x, scale=p.scale, steps=steps, seed=seed + k, block_batch=p.block_batch, scan=plan.scan,
+                model, x, scale=p.scale, seed=sampling.seed + k, noise=noise, block_batch=p.block_batch, scan=plan.scan,
                 offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)),
                 image_device="cpu" if p.images_on_host else None, float8_frontier=plan.float8_frontier,
-                color_fix=color_fix if single else "none", **kwargs,
+                **{**sampling.keywords(), "color_fix": color_fix if single else "none"},
             )
             # fp16 can overflow: one check per pass (one device read), so no black or garbage image is written
             check_finite(x, model.dtype, f"pass {k + 1} of {len(plan.passes)}" if len(plan.passes) > 1 else "the result")
@@ -245,20 +247,19 @@ def _pass_callback(callback, index: int, passes: int):
     return lambda event: callback(dataclasses.replace(event, pass_index=index, passes=passes))
 
 
-def plan_for(model, height: int, width: int, batch: int = 1, scale=None, size=None, long_side=None, megapixels=None,
-             block_batch=None, memory_budget=None, offload_frontier=False, scan="auto", images="auto",
-             float8_frontier=False, buffers=DEFAULT_IMAGE_BUFFERS):
-    """The RunPlan `upscale_image` follows for this model and input size ("auto" budget: free memory)."""
-    block_batch = "auto" if block_batch is None else block_batch
-    budget = memory_budget
-    if block_batch == "auto" and budget is None:
-        budget = model_budget(model)
-    return plan_run(
-        model.config, height, width, scale=scale, size=size, long_side=long_side, megapixels=megapixels,
-        block_batch=block_batch, budget=budget, dtype=model.dtype, offload_frontier=offload_frontier, scan=scan,
-        include_clip=model.clip is not None, batch=batch, images=images, device=model.device,
-        float8_frontier=float8_frontier, image_buffers=buffers,
-    )
+def plan_for(model, height: int, width: int, batch: int = 1, target: dict | None = None,
+             blocks: BlockOptions = BlockOptions(), buffers: int = DEFAULT_IMAGE_BUFFERS, device=None,
+             free: int | None = None):
+    """The RunPlan `upscale_image` follows for this model and input size. device: where it will run (None:
+    where the model is); a budget of None: `free` bytes (None: the device's free memory now), less a
+    margin, with the model's weights counted once."""
+    if blocks.memory_budget is None:
+        blocks = dataclasses.replace(blocks, memory_budget=model_budget(model, free))
+    return plan_run(model.config, height, width, target, blocks, model.dtype, model.clip is not None, batch,
+                    model.device if device is None else device, buffers)
+
+
+TARGET_KEYWORDS = ("scale", "size", "long_side", "megapixels")
 
 
 def upscale_image(model, image: torch.Tensor, scale=None, steps: int | None = None, seed: int = 0, *, size=None,
@@ -271,22 +272,40 @@ def upscale_image(model, image: torch.Tensor, scale=None, steps: int | None = No
     `long_side` / `megapixels` keeping the aspect ratio; or `plan`, a RunPlan made for this input.
     images: where the full-size images live ("auto": on the host when they would not fit the device).
     Grayscale is replicated to RGB and averaged back; alpha is upscaled bicubically and reattached.
+    The other keywords are `SamplingOptions`' (sampler, sigmas, denoise, color_fix, compile, evaluations)
+    and `noise`, `callback`.
     """
+    _check_image(image)
+    callback, noise = kwargs.pop("callback", None), kwargs.pop("noise", None)
+    sampling = SamplingOptions(steps=steps, seed=seed, **kwargs)
+    if plan is None:
+        target = {k: v for k, v in zip(TARGET_KEYWORDS, (scale, size, long_side, megapixels)) if v is not None}
+        blocks = BlockOptions("auto" if block_batch is None else block_batch, memory_budget, offload_frontier,
+                              float8_frontier, scan, images)
+        plan = plan_for(model, image.shape[1], image.shape[2], image.shape[0], target, blocks,
+                        image_buffers(sampling.sampler, sampling.color_fix))
+    return upscale_planned(model, image, plan, sampling, callback, noise)
+
+
+def _check_image(image) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or not 1 <= image.shape[-1] <= 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"image must be (B, H, W, C) with 1 to 4 channels in [0, 1], got {shape}")
     if image.shape[0] < 1 or image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
-    if plan is None:
-        plan = plan_for(model, image.shape[1], image.shape[2], image.shape[0], scale, size, long_side, megapixels,
-                        block_batch, memory_budget, offload_frontier, scan, images, float8_frontier,
-                        image_buffers(kwargs.get("sampler", "heun"), kwargs.get("color_fix", "none")))
+
+
+def upscale_planned(model, image: torch.Tensor, plan, sampling: SamplingOptions = SamplingOptions(), callback=None,
+                    noise=None) -> torch.Tensor:
+    """`upscale_image` for a plan and options already made (the node, the CLI, the recovery): (B, H, W, C)
+    in [0, 1] -> (B, H', W', C)."""
+    _check_image(image)
     channels = image.shape[-1]
     x = image.float().movedim(-1, 1)  # (B, C, H, W)
     color_channels = 1 if channels <= 2 else 3
     color, alpha = x[:, :color_channels], x[:, color_channels:]
     rgb = color.expand(-1, 3, -1, -1) if color_channels == 1 else color
-    out = run_plan(model, rgb * 2 - 1, plan, steps=steps, seed=seed, **kwargs)
+    out = run_plan(model, rgb * 2 - 1, plan, sampling, callback, noise)
     out = ((out.float() + 1) / 2).clamp(0, 1).cpu()
     if color_channels == 1:
         out = out.mean(1, keepdim=True)

@@ -8,7 +8,9 @@ import logging
 
 import torch
 
+from ..planning.options import BlockOptions
 from ..planning.plan import GIB, RunPlan, fallback, smallest_fitting
+from .options import SamplingOptions
 from ..hardware.precision import native_bf16
 
 log = logging.getLogger("inf_dit")
@@ -76,19 +78,16 @@ def _smaller_precision(dtype, device) -> str | None:
     return "bf16"
 
 
-PLAN_OPTIONS = ("scale", "size", "long_side", "megapixels", "block_batch", "memory_budget", "offload_frontier", "scan",
-                "images", "float8_frontier")
-
-
-def upscale_with_recovery(model, image: torch.Tensor, **kwargs) -> torch.Tensor:
+def upscale_with_recovery(model, image: torch.Tensor, target: dict | None = None, blocks: BlockOptions = BlockOptions(),
+                          sampling: SamplingOptions = SamplingOptions(), callback=None) -> torch.Tensor:
     """`upscale_image` with the out-of-memory recovery (the CLI and the batch runner): plan once, then run,
     halving the block batch and offloading the frontier as needed."""
     from ..planning.memory import image_buffers
     from .pipeline import plan_for, upscale_image
 
-    planning = {k: kwargs.pop(k) for k in PLAN_OPTIONS if k in kwargs}
-    planning["buffers"] = image_buffers(kwargs.get("sampler", "heun"), kwargs.get("color_fix", "none"))
-    plan = plan_for(model, image.shape[1], image.shape[2], image.shape[0], **planning)
-    result, _ = run_with_recovery(lambda p: upscale_image(model, image, plan=p, **kwargs), plan, model.config,
-                                  model.dtype, model.clip is not None, model.device)
+    plan = plan_for(model, image.shape[1], image.shape[2], image.shape[0], target, blocks,
+                    image_buffers(sampling.sampler, sampling.color_fix))
+    result, _ = run_with_recovery(
+        lambda p: upscale_image(model, image, plan=p, callback=callback, seed=sampling.seed, **sampling.keywords()),
+        plan, model.config, model.dtype, model.clip is not None, model.device)
     return result

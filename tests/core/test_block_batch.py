@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from infdit_core.planning.options import BlockOptions
 from infdit_core import InfDiTConfig
 
 from infdit_core.planning import memory
@@ -17,12 +18,12 @@ GIB = 1024**3
 @pytest.mark.parametrize("offload", [False, True])
 def test_auto_respects_the_budget(device, size, budget_gib, offload):
     budget = budget_gib * GIB
-    n = choose_block_batch(RELEASED, *size, budget, torch.bfloat16, offload, device=device)
+    n = choose_block_batch(RELEASED, *size, budget, torch.bfloat16, BlockOptions(offload_frontier=offload), device=device)
     assert n >= 1
-    est = estimate_peak_bytes(RELEASED, *size, n, torch.bfloat16, offload)
+    est = estimate_peak_bytes(RELEASED, *size, n, torch.bfloat16, BlockOptions(offload_frontier=offload))
     if n > 1:  # more than one block per group only when it fits
         assert est.total <= budget
-    assert n <= largest_fitting_block_batch(RELEASED, *size, budget, torch.bfloat16, offload)
+    assert n <= largest_fitting_block_batch(RELEASED, *size, budget, torch.bfloat16, BlockOptions(offload_frontier=offload))
 
 
 def test_cpu_takes_one_block_and_the_gpu_stops_at_its_cap():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import TINY, lr_image, random_model
+from infdit_core.planning.options import BlockOptions
 from infdit_core import InfDiTConfig, sample
 from infdit_core.network.frontier import KeyValueStore
 from infdit_core.network.float8 import FLOAT8, dequantise, quantise
@@ -49,9 +50,9 @@ def test_float8_frontier_stays_within_the_bound_of_the_bf16_one(offload):
 
 def test_the_estimate_halves_the_frontier():
     cfg = InfDiTConfig.released()
-    bf16 = estimate_peak_bytes(cfg, 8192, 8192, 1, images_on_host=True)
-    f8 = estimate_peak_bytes(cfg, 8192, 8192, 1, images_on_host=True, float8_frontier=True)
+    bf16 = estimate_peak_bytes(cfg, 8192, 8192, 1, blocks=BlockOptions(images="host"))
+    f8 = estimate_peak_bytes(cfg, 8192, 8192, 1, blocks=BlockOptions(images="host", float8_frontier=True))
     assert abs(f8.frontier / bf16.frontier - 0.5) < 0.001
-    off = estimate_peak_bytes(cfg, 16384, 16384, 1, offload_frontier=True, images_on_host=True, float8_frontier=True)
-    assert off.frontier == 0 and off.host < estimate_peak_bytes(cfg, 16384, 16384, 1, offload_frontier=True,
-                                                                 images_on_host=True).host
+    off = estimate_peak_bytes(cfg, 16384, 16384, 1, blocks=BlockOptions(offload_frontier=True, images="host", float8_frontier=True))
+    assert off.frontier == 0 and off.host < estimate_peak_bytes(cfg, 16384, 16384, 1, blocks=BlockOptions(
+                                                                 offload_frontier=True, images="host")).host

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import TINY, lr_image, random_model, write_safetensors
+from infdit_core.planning.options import BlockOptions
 from infdit_core import sample, upscale_image
 from infdit_core.network import attention
 from infdit_core.hardware import host
@@ -100,10 +101,10 @@ def test_the_cuda_chain_steps_down_one_kernel_at_a_time(monkeypatch):
 def test_pinned_memory_is_counted_as_the_allocator_rounds_it():
     assert [host.pinned_bytes(n) for n in (0, 1, 1000, 1024, 1025)] == [0, 1, 1024, 1024, 2048]
     cfg = InfDiTConfig.released()
-    args = (cfg, 16384, 16384, 1, torch.bfloat16, True)
+    args = (cfg, 16384, 16384, 1, torch.bfloat16, BlockOptions(offload_frontier=True, images="host"))
     images = 5 * 3 * 16384 * 16384 * 4  # heun's full-size float32 images: pageable, counted as they are
-    plain = memory.estimate_peak_bytes(*args, images_on_host=True)
-    cuda = memory.estimate_peak_bytes(*args, images_on_host=True, device="cuda")
+    plain = memory.estimate_peak_bytes(*args)
+    cuda = memory.estimate_peak_bytes(*args, device="cuda")
     ring = (plain.host - images) // (2 * cfg.layers)  # one layer's key (or value) ring
     assert ring & (ring - 1)  # not a power of two: the allocator rounds it up
     rounded = 2 * cfg.layers * host.pinned_bytes(ring)

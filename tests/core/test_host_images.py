@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import TINY, lr_image, random_model
+from infdit_core.planning.options import BlockOptions
 from infdit_core import InfDiTConfig, sample, upscale_image
 from infdit_core.planning.memory import SOLVER_IMAGE_BUFFERS, estimate_peak_bytes
 from infdit_core.planning.plan import check_host_memory, host_bytes, plan_run
@@ -62,12 +63,12 @@ def test_on_cuda_host_images_match_and_keep_the_device_small():
 def test_the_estimate_moves_the_images_to_the_host():
     cfg = InfDiTConfig.released()
     on_device = estimate_peak_bytes(cfg, 8192, 8192, 1)
-    on_host = estimate_peak_bytes(cfg, 8192, 8192, 1, images_on_host=True)
+    on_host = estimate_peak_bytes(cfg, 8192, 8192, 1, blocks=BlockOptions(images="host"))
     full = SOLVER_IMAGE_BUFFERS["heun"] * 3 * 8192 * 8192 * 4  # the default solver's float32 full-size buffers
     assert on_device.images == full and on_device.host == 0
     assert on_host.host == full and on_host.images < full / 1000
     assert on_host.frontier == on_device.frontier and on_host.weights == on_device.weights
-    offloaded = estimate_peak_bytes(cfg, 8192, 8192, 1, offload_frontier=True, images_on_host=True)
+    offloaded = estimate_peak_bytes(cfg, 8192, 8192, 1, blocks=BlockOptions(offload_frontier=True, images="host"))
     assert offloaded.frontier == 0 and offloaded.host == full + on_device.frontier
     assert "host" in str(on_host)
 
@@ -76,24 +77,24 @@ def test_the_released_targets():
     """8192^2 within 12 GiB of device memory with the frontier on the device; 16384^2 within 4 GiB
     with it offloaded (bf16, block batch 1, images on the host)."""
     cfg = InfDiTConfig.released()
-    assert estimate_peak_bytes(cfg, 8192, 8192, 1, images_on_host=True).total <= 12 * GIB
-    assert estimate_peak_bytes(cfg, 16384, 16384, 1, offload_frontier=True, images_on_host=True).total <= 4 * GIB
+    assert estimate_peak_bytes(cfg, 8192, 8192, 1, blocks=BlockOptions(images="host")).total <= 12 * GIB
+    assert estimate_peak_bytes(cfg, 16384, 16384, 1, blocks=BlockOptions(offload_frontier=True, images="host")).total <= 4 * GIB
 
 
 def test_auto_places_the_images_on_the_host_only_when_needed():
     cfg = InfDiTConfig.released()
-    big = plan_run(cfg, 2048, 2048, scale=4, budget=12 * GIB, device="cuda")
-    small = plan_run(cfg, 256, 256, scale=4, budget=12 * GIB, device="cuda")
-    cpu = plan_run(cfg, 2048, 2048, scale=4, budget=12 * GIB, device="cpu")
+    big = plan_run(cfg, 2048, 2048, {"scale": 4}, BlockOptions(memory_budget=12 * GIB), device="cuda")
+    small = plan_run(cfg, 256, 256, {"scale": 4}, BlockOptions(memory_budget=12 * GIB), device="cuda")
+    cpu = plan_run(cfg, 2048, 2048, {"scale": 4}, BlockOptions(memory_budget=12 * GIB), device="cpu")
     assert big.passes[0].images_on_host and big.peak.total <= 12 * GIB
     assert not small.passes[0].images_on_host and not cpu.passes[0].images_on_host
-    forced = plan_run(cfg, 256, 256, scale=4, block_batch=1, images="host")
+    forced = plan_run(cfg, 256, 256, {"scale": 4}, BlockOptions(1, images="host"))
     assert forced.passes[0].images_on_host
 
 
 def test_a_run_that_does_not_fit_the_host_is_refused_before_it_starts(model):
     cfg = InfDiTConfig.released()
-    plan = plan_run(cfg, 4096, 4096, scale=4, block_batch=1, offload_frontier=True, images="host")
+    plan = plan_run(cfg, 4096, 4096, {"scale": 4}, BlockOptions(1, offload_frontier=True, images="host"))
     assert host_bytes(plan, compute_on_cpu=False) == plan.peak.host
     with pytest.raises(ValueError) as err:
         check_host_memory(plan, compute_on_cpu=False, available=16 * GIB)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import TINY, random_model
+from infdit_core.planning.options import BlockOptions
 from infdit_core import BlockGroupDone, EvaluationDone, sample, upscale_image
 from infdit_core.network.config import InfDiTConfig
 from infdit_core.sampling.pipeline import upsample
@@ -89,7 +90,7 @@ def test_events_cover_every_pass(model):
 
 def test_block_batch_and_estimate_are_chosen_per_pass():
     cfg = InfDiTConfig.released()
-    plan = plan_run(cfg, 256, 256, scale=8, budget=12 * 1024**3, dtype=torch.bfloat16)
+    plan = plan_run(cfg, 256, 256, {"scale": 8}, BlockOptions(memory_budget=12 * 1024**3), torch.bfloat16)
     first, second = plan.passes
     assert (first.scale, second.scale) == (4, 2)
     assert first.grid == (8, 8) and second.grid == (16, 16)
@@ -102,7 +103,7 @@ def test_block_batch_and_estimate_are_chosen_per_pass():
 
 def test_fallback_offloads_the_frontier_at_block_batch_one():
     cfg = InfDiTConfig.released()
-    plan = plan_run(cfg, 64, 64, scale=8, block_batch=1)
+    plan = plan_run(cfg, 64, 64, {"scale": 8}, BlockOptions(1))
     retry = fallback(plan, cfg)
     assert retry.offload_frontier and retry.block_batch == 1
     assert fallback(retry, cfg) is None

@@ -81,8 +81,7 @@ def test_poster_workflow_upscales_sdxl_1024_to_8192_within_a_24_gb_card():
     assert nodes["InfDiTUpscale"]["scale"] == "8" and "block_control" in nodes["InfDiTUpscale"]
     blocks = nodes["InfDiTBlockSize"]
     settings = settings_from_inputs(blocks["block_batch"], blocks["memory_budget_gb"], blocks["frontier"], blocks["scan"])
-    plan = plan_run(InfDiTConfig.released(), 1024, 1024, scale=8, block_batch=settings.block_batch,
-                    budget=settings.memory_budget, offload_frontier=settings.offload_frontier, device="cuda")
+    plan = plan_run(InfDiTConfig.released(), 1024, 1024, {"scale": 8}, settings.options(), device="cuda")
     assert plan.out_size == (8192, 8192) and [p.scale for p in plan.passes] == [4, 2]
     assert plan.peak.total <= 24e9 * 0.9  # the released model in bf16 fits a 24 GB card
 

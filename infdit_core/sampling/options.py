@@ -1,0 +1,32 @@
+"""How to sample: one small frozen object that the node, the CLI and the batch runner build once, and
+`run_plan` and the out-of-memory recovery take (`sample`/`upscale_image` keep their keywords as the
+friendly front door)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """sampler: a built-in solver's name (solvers.SOLVERS) or a k-diffusion-style function; steps: None =
+    the model's own; sigmas: the noise levels (then they set the steps); denoise: in (0, 1], as KSampler's;
+    color_fix: "none", "wavelet", "adain" or "lab"; seed: of the start noise (pass k uses seed + k);
+    compile: torch.compile the layers; evaluations: a sampler function's expected network evaluations
+    (progress only; the built-in solvers' count is exact)."""
+
+    sampler: str | Callable = "heun"
+    steps: int | None = None
+    sigmas: torch.Tensor | None = field(default=None, compare=False)
+    denoise: float = 1.0
+    color_fix: str = "none"
+    seed: int = 0
+    compile: bool = False
+    evaluations: int | None = None
+
+    def keywords(self) -> dict:
+        """The keywords of `sample` these options set (all but the seed, which is per pass)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "seed"}
