@@ -269,3 +269,40 @@ def fake_model(config, dtype=torch.bfloat16, device="cuda"):
                 module._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device),
                                                               requires_grad=False)
     return model.eval()
+
+
+def record_steady_groups(config, block_batch, groups: int, variant: str = "auto", offload: bool = False,
+                         capability=(9, 0), side: int = 1024):
+    """[(blocks, Counts)] of `groups` block groups of one evaluation at side -> 4 x side px, recorded once the
+    frontier is full (a line of blocks of the short side and a group more), on fake CUDA in bf16."""
+    import warnings
+
+    from infdit_core import BlockGroupDone, sample
+    from infdit_core.network.attention import attention_variant
+
+    kept: list[tuple[int, Counts]] = []
+    rows = side * 4 // config.block_size
+
+    class Enough(Exception):
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fake_cuda(capability) as rec, attention_variant(variant):
+            model = fake_model(config, torch.bfloat16)
+
+            def callback(event):
+                if not isinstance(event, BlockGroupDone):
+                    return
+                counts = rec.section()
+                if event.group >= -(-(rows + 2) // len(event.blocks)) + 1:
+                    kept.append((len(event.blocks), counts))
+                if len(kept) >= groups:
+                    raise Enough
+
+            try:
+                sample(model, torch.rand(1, 3, side, side), steps=1, block_batch=block_batch, offload_frontier=offload,
+                       callback=callback, memory_budget=int(70e9))
+            except Enough:
+                pass
+    return kept

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -27,10 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_cuda import Counts, fake_cuda, fake_model  # noqa: E402
+from fake_cuda import Counts, record_steady_groups  # noqa: E402
 
-from infdit_core import BlockGroupDone, InfDiTConfig, sample  # noqa: E402
-from infdit_core.network.attention import attention_variant  # noqa: E402
+from infdit_core import InfDiTConfig  # noqa: E402
 
 # name: (dense bf16/fp16 tensor TFLOP/s with fp32 accumulation, HBM TB/s, host link GB/s, architecture)
 GPUS = {
@@ -59,41 +57,13 @@ LAUNCH_US = 5.0  # host time per aten call in eager PyTorch; hidden while the GP
 
 
 def record(block_batch, offload: bool, groups: int, variant: str, layers: int = 28):
-    """Counts of `groups` steady-state block groups and the whole-evaluation block count."""
+    """(summed Counts, blocks, groups, block batch) of `groups` steady-state block groups."""
     cfg = dataclasses.replace(InfDiTConfig.released(), vector_dim=0, layers=layers)
-    kept: list[tuple[int, Counts]] = []
-
-    class Enough(Exception):
-        pass
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with fake_cuda((9, 0)) as rec, attention_variant(variant):
-            model = fake_model(cfg, torch.bfloat16)
-            rows = 32
-            state = {}
-
-            def callback(event):
-                if not isinstance(event, BlockGroupDone):
-                    return
-                counts = rec.section()
-                state.setdefault("n", len(event.blocks))
-                skip = -(-(rows + 2) // state["n"]) + 1  # the frontier is full after a line of blocks and a group
-                if event.group >= skip:
-                    kept.append((len(event.blocks), counts))
-                if len(kept) >= groups:
-                    raise Enough
-
-            try:
-                sample(model, torch.rand(1, 3, 1024, 1024), steps=1, block_batch=block_batch, offload_frontier=offload,
-                       callback=callback, memory_budget=int(70e9))
-            except Enough:
-                pass
+    kept = record_steady_groups(cfg, block_batch, groups, variant, offload)
     total = Counts()
     for _, c in kept:
         total.add(c)
-    blocks = sum(n for n, _ in kept)
-    return total, blocks, len(kept), state["n"]
+    return total, sum(n for n, _ in kept), len(kept), kept[0][0]
 
 
 def per_evaluation(total: Counts, blocks: int, layers_scale: float = 1.0) -> dict:

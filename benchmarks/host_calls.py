@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -56,34 +55,11 @@ def cpu_profile(groups: int, variant: str = "auto") -> float:
 
 
 def fake_cuda_calls(groups: int, variant: str = "concat") -> float:
-    from fake_cuda import Counts, fake_cuda, fake_model
+    """aten calls per steady-state group on fake CUDA, the released config at block batch 1."""
+    from fake_cuda import record_steady_groups
 
-    from infdit_core.network.attention import attention_variant
-
-    cfg = dataclasses.replace(InfDiTConfig.released(), vector_dim=0)
-    kept: list[Counts] = []
-
-    class Enough(Exception):
-        pass
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with fake_cuda((9, 0)) as rec, attention_variant(variant):
-            model = fake_model(cfg, torch.bfloat16)
-
-            def callback(event):
-                if isinstance(event, BlockGroupDone):
-                    counts = rec.section()
-                    if event.group >= 34:  # a line of 32 blocks and two more: the frontier is full
-                        kept.append(counts)
-                    if len(kept) >= groups:
-                        raise Enough
-
-            try:
-                sample(model, torch.rand(1, 3, 1024, 1024), steps=1, block_batch=1, callback=callback)
-            except Enough:
-                pass
-    return sum(c.calls for c in kept) / len(kept)
+    kept = record_steady_groups(dataclasses.replace(InfDiTConfig.released(), vector_dim=0), 1, groups, variant)
+    return sum(c.calls for _, c in kept) / len(kept)
 
 
 def main(argv=None) -> int:
