@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..network.attention import chosen_kernel, neighbour_blocks, resolve_variant
+from ..network.attention import chosen_kernel, resolve_variant
 from ..network.config import LR_WINDOW, InfDiTConfig
 from ..hardware.host import pinned_bytes
 from ..hardware.precision import native_bf16
 from .options import BlockOptions
-from .scheduler import BlockPlan, plan_blocks
+from .scheduler import plan_stats
 
 # Alive at the attention of a layer: the layer input, q/k/v (3), normed and roped q and k (2), the
 # attention output (1), and per run of blocks the four key groups' partial results (4) and their
@@ -129,7 +129,7 @@ def estimate_peak_bytes(
     el = torch.finfo(dtype).bits // 8
     bs = config.block_size
     rows, cols = -(-out_height // bs), -(-out_width // bs)
-    plan = plan_blocks(rows, cols, max(1, min(block_batch, rows * cols)), scan)
+    plan = plan_stats(rows, cols, max(1, min(block_batch, rows * cols)), scan)
     n = plan.block_batch
     t, c = config.block_tokens, config.hidden
     clip = CLIP_VISUAL_PARAMS if (include_clip and config.vector_dim) else 0
@@ -139,7 +139,7 @@ def estimate_peak_bytes(
     else:
         per_block_kv = 2 * config.layers * t * c * el * batch
     # the ring of the frontier: one slot per scan position in the widest span held at once
-    cached = 0 if len(plan.groups) == 1 else plan.frontier_span() * per_block_kv
+    cached = 0 if plan.groups == 1 else plan.frontier_span * per_block_kv
     frontier = 0 if offload_frontier else cached
     per_block = batch * t * c * el  # one unit for one block
     window = LR_WINDOW**2 / t  # LR-window tokens per block, in units
@@ -152,8 +152,8 @@ def estimate_peak_bytes(
         attention = _CONCAT_TENSORS * n + carried
         if path == "math":  # float32 scores and their softmax: heads x T x 4T per block
             attention += 2 * config.heads * 4 * t * 4 / (c * el) * n
-    if offload_frontier and len(plan.groups) > 1:  # cached key groups fetched: this layer's and the next's
-        attention += 2 * 2 * _cached_group_reads(plan)
+    if offload_frontier and plan.groups > 1:  # cached blocks fetched (k and v): this layer's and the next's
+        attention += 2 * 2 * plan.cached_reads
     cross = (_CROSS_TENSORS + _CROSS_WINDOW_TENSORS * window) * n
     mlp = _MLP_TENSORS * n + carried
     rope = 2 * n * t * config.head_dim * 4  # cos/sin tables, float32
@@ -184,15 +184,6 @@ def attention_path(device, dtype) -> str:
         return "lse_merge"
     fused = dtype in (torch.float16, torch.float32) or native_bf16(device)
     return "concat" if fused else "math"
-
-
-def _cached_group_reads(plan: BlockPlan) -> int:
-    """Most key groups one group reads from the cache (each fetched on its own when offloaded)."""
-    most = 0
-    for group in plan.groups:
-        inside = set(group)
-        most = max(most, sum(nb not in inside for blk in group for nb in neighbour_blocks(*blk)))
-    return most
 
 
 # The block batch "auto" stops at, per device kind: past it a larger group is not faster, only bigger. A

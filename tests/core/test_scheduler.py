@@ -123,3 +123,32 @@ def test_invalid_block_batch_is_a_clear_error(model):
     for bad in (0, -2, 1.5, "many"):
         with pytest.raises(ValueError, match="block_batch"):
             sample(model, lr_image(32, 32), steps=1, block_batch=bad)
+
+
+def test_plan_stats_equal_the_listed_plan():
+    """The vectorised figures the estimate uses against the plan with every block listed."""
+    from infdit_core.network.attention import neighbour_blocks
+    from infdit_core.planning.scheduler import plan_stats
+
+    for rows, cols in [(1, 1), (1, 5), (5, 1), (2, 2), (3, 4), (4, 3), (5, 9), (8, 8), (7, 12), (13, 6)]:
+        for n in (1, 2, 3, 5, 7, 16, rows * cols - 1, rows * cols):
+            for scan in ("rows", "columns", "auto"):
+                if n < 1:
+                    continue
+                plan = plan_blocks(rows, cols, n, scan)
+                stats = plan_stats(rows, cols, n, scan)
+                reads = max(len({nb for blk in g for nb in neighbour_blocks(*blk) if nb not in set(g)})
+                            for g in plan.groups)
+                assert (stats.groups, stats.block_batch, stats.frontier_span, stats.cached_reads) == \
+                    (len(plan.groups), plan.block_batch, plan.frontier_span(), reads), (rows, cols, n, scan)
+
+
+def test_plan_stats_of_a_64k_output_come_fast():
+    import time
+
+    from infdit_core.planning.scheduler import plan_stats
+
+    t0 = time.perf_counter()
+    stats = plan_stats(512, 512, 16, "auto")
+    assert time.perf_counter() - t0 < 5  # seconds of Python per block before; here milliseconds (a loose bound)
+    assert stats.groups == 512 * 512 // 16 and stats.frontier_span <= 512 + 2
