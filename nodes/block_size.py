@@ -56,7 +56,11 @@ def estimate(settings: BlockSettings, config, out_h: int, out_w: int, dtype=torc
 def estimate_text(settings: BlockSettings, out_h: int, out_w: int, config=None, dtype=torch.bfloat16,
                   free_bytes: int = 8 * GIB, device=None) -> str:
     config = config or InfDiTConfig.released()
-    n, est = estimate(settings, config, out_h, out_w, dtype, free_bytes, device=device)
+    return describe(out_h, out_w, *estimate(settings, config, out_h, out_w, dtype, free_bytes, device=device))
+
+
+def describe(out_h: int, out_w: int, n: int, est) -> str:
+    """The estimate as the node shows it."""
     return (f"{out_w}x{out_h} output, {n} block(s) per pass: device peak about {est.total / GIB:.2f} GiB (weights "
             f"{est.weights / GIB:.2f}, frontier {est.frontier / GIB:.2f}, activations {est.activations / GIB:.2f}, "
             f"images {est.images / GIB:.2f}); host about {est.host / GIB:.2f} GiB")
@@ -88,24 +92,42 @@ def control(block_batch: int = 0, memory_budget_gb: float = 0.0, frontier: str =
     return NodeResult((settings,), ui={"text": [text]}, extra={"text": text})
 
 
-def estimate_query(query: dict) -> dict:
-    """Answer of GET /inf_dit/estimate: the live estimate web/ shows while widgets change."""
+# What the estimate route accepts: the widgets' own ranges (width/height from 1, as the node's inputs may be).
+QUERY_LIMITS = {"block_batch": (0, 4096, 0), "memory_budget_gb": (0.0, 1024.0, 0.0), "width": (1, 65536, 4096),
+                "height": (1, 65536, 4096)}
+
+
+def _query_number(query: dict, name: str):
+    """A number of the query within its widget's range; a clear ValueError (HTTP 400) for anything else."""
+    low, high, default = QUERY_LIMITS[name]
+    text = query.get(name, default)
     try:
-        settings = settings_from_inputs(
-            int(query.get("block_batch", 0)), float(query.get("memory_budget_gb", 0)),
-            query.get("frontier", FRONTIER_ON_DEVICE), query.get("scan", "auto"),
-        )
-        w, h = int(query.get("width", 4096)), int(query.get("height", 4096))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"bad estimate query: {e}") from None
-    if not (1 <= w <= 65536 and 1 <= h <= 65536):
-        raise ValueError(f"output size must be 1..65536 pixels per side, got {w}x{h}")
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"bad estimate query: {name} must be a number, got {text!r}") from None
+    if not low <= value <= high:  # also refuses nan and inf
+        what = f"output size must be {low}..{high} pixels per side" if name in ("width", "height") else \
+            f"{name} must be from {low} to {high}"
+        raise ValueError(f"bad estimate query: {what}, got {name}={text!r}")
+    if isinstance(default, int):
+        if value != int(value):
+            raise ValueError(f"bad estimate query: {name} must be a whole number, got {text!r}")
+        return int(value)
+    return value
+
+
+def estimate_query(query: dict) -> dict:
+    """Answer of GET /inf_dit/estimate: the live estimate web/ shows while widgets change. Computed once, in
+    closed form (milliseconds even at 65536 x 65536); ComfyUI's route runs it off the server's event loop."""
+    block_batch, budget_gb = _query_number(query, "block_batch"), _query_number(query, "memory_budget_gb")
+    w, h = _query_number(query, "width"), _query_number(query, "height")
+    settings = settings_from_inputs(block_batch, budget_gb, query.get("frontier", FRONTIER_ON_DEVICE),
+                                    query.get("scan", "auto"))
     free, device = _free(), comfy.torch_device()
     dtype = comfy.auto_dtype(device)  # what Load Inf-DiT's "auto" gives on this device
     n, est = estimate(settings, InfDiTConfig.released(), h, w, dtype, free_bytes=free, device=device)
     return {"block_batch": n, "total": est.total, "weights": est.weights, "frontier": est.frontier,
-            "activations": est.activations, "images": est.images, "host": est.host,
-            "text": estimate_text(settings, h, w, dtype=dtype, free_bytes=free, device=device)}
+            "activations": est.activations, "images": est.images, "host": est.host, "text": describe(h, w, n, est)}
 
 
 def spec() -> NodeSpec:

@@ -204,19 +204,24 @@ def send_to_browser(event: str, data: dict) -> None:
 
 
 def add_json_route(path: str, compute) -> bool:
-    """GET `path` on ComfyUI's server answers compute(query: dict) -> dict as JSON (400 on ValueError).
-    False where there is no server."""
+    """GET `path` on ComfyUI's server answers compute(query: dict) -> dict as JSON (400 with the message on
+    a ValueError), computed in a worker thread so the server's event loop (queue, websocket, other
+    requests) never waits for it. False where there is no server."""
     if not COMFY:
         return False
     try:
+        import asyncio
+
         from aiohttp import web
         from server import PromptServer
 
         async def handler(request):
+            query = dict(request.rel_url.query)
             try:
-                return web.json_response(compute(dict(request.rel_url.query)))
+                answer = await asyncio.get_running_loop().run_in_executor(None, compute, query)
             except ValueError as e:
                 return web.json_response({"error": str(e)}, status=400)
+            return web.json_response(answer)
 
         PromptServer.instance.routes.get(path)(handler)
         return True

@@ -97,49 +97,53 @@ class PlanStats:
     cached_reads: int  # most distinct cached blocks one group reads (fetched once each when offloaded)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def plan_stats(rows: int, cols: int, block_batch: int, scan: str = "auto") -> PlanStats:
-    """`plan_blocks(rows, cols, block_batch, scan)`'s figures in vectorised form: a 512 x 512 grid (a 64K
-    output) in milliseconds instead of seconds of Python per block (tests compare both on many grids).
+    """`plan_blocks(rows, cols, block_batch, scan)`'s figures in closed form per group (arithmetic on arrays of
+    group numbers): a 512 x 512 grid (a 64K output) in milliseconds instead of seconds of Python per block.
+    tests/core/test_scheduler.py compares every figure with the listed plan on many grids.
 
-    Along the scan, block p is last read by the block at position L(p) (itself, or its right, lower or
-    lower-right neighbour), so it is kept after groups p // n .. L(p) // n - 1. After group g the kept
-    blocks end at the group's last block (it always has a later reader, unless it is the very last one)
-    and begin at the first p whose last reader lies beyond the group: the first p where the running
-    maximum of L // n exceeds g."""
+    A column scan is a row scan of the transposed grid (top and left swap roles, the top-left stays), so
+    only the row scan is worked out: W blocks a line, H lines, position p = row * W + col. Block p is
+    read by p + 1 (right), p + W (below) and p + W + 1 (below-right) where those exist; the border clamp
+    only repeats one of these."""
     if rows < 1 or cols < 1 or block_batch < 1:
         raise ValueError(f"need a grid of at least 1x1 and block_batch >= 1, got {rows}x{cols}, {block_batch}")
     scan = resolve_scan(rows, cols, scan)
-    total = rows * cols
+    lines, width = (rows, cols) if scan == "rows" else (cols, rows)
+    total = lines * width
     n = min(block_batch, total)
     groups = -(-total // n)
-    p = np.arange(total, dtype=np.int64)
-    r, c = (p // cols, p % cols) if scan == "rows" else (p % rows, p // rows)
+    return PlanStats(groups, n, _frontier_span(lines, width, n, groups), _cached_reads(width, n, groups, total))
 
-    def position(rr, cc):
-        return rr * cols + cc if scan == "rows" else cc * rows + rr
 
-    last = p.copy()
-    for dr, dc in ((0, 1), (1, 0), (1, 1)):  # readers: right, below, below-right
-        inside = (r + dr < rows) & (c + dc < cols)
-        last = np.where(inside, np.maximum(last, position(r + dr, c + dc)), last)
-    span = 1
-    if groups > 1:
-        g = np.arange(groups - 1, dtype=np.int64)
-        first = np.searchsorted(np.maximum.accumulate(last // n), g, side="right")
-        top = np.minimum((g + 1) * n, total) - 1
-        span = max(1, int((top - first + 1).max()))
-    # distinct cached blocks each group reads: block q is read from the cache by every later group holding
-    # one of its readers (the border clamp only repeats a neighbour another role already names)
-    own = p // n
-    reader_groups = []
-    for dr, dc in ((0, 1), (1, 0), (1, 1)):
-        inside = (r + dr < rows) & (c + dc < cols)
-        reader_groups.append(np.where(inside, position(r + dr, c + dc) // n, -1))
-    a, b, d = reader_groups
-    counts = np.zeros(groups + 1, dtype=np.int64)
-    for grp, first_time in ((a, True), (b, b != a), (d, (d != a) & (d != b))):
-        hit = first_time & (grp > own)
-        counts += np.bincount(grp[hit], minlength=groups + 1)
-    reads = int(counts.max())
-    return PlanStats(groups, n, span, reads)
+def _frontier_span(lines: int, width: int, n: int, groups: int) -> int:
+    """Kept after group g (not the last): blocks p < T = (g + 1) n whose last reader lies at or past T. Every
+    block of the lines but the last is last read by p + W + 1 (p + W at a line's end), so the first kept
+    block is T - W - 1, or T - W when that one ends a line, or 0; the last is T - 1."""
+    if groups == 1:
+        return 1
+    if lines == 1:  # one line: each block is last read by the next one
+        return 1
+    ends = n * np.arange(1, groups, dtype=np.int64)  # T for every group but the last
+    first = ends - width - 1
+    first = np.where(first < 0, 0, first + (first % width == width - 1))
+    return max(1, int((ends - first).max()))
+
+
+def _cached_reads(width: int, n: int, groups: int, total: int) -> int:
+    """Most distinct cached blocks one group [a, b] reads: those whose reader lies in the group. From below:
+    [a - W, b - W] (clipped to before a); from below-right: that interval shifted by one, which adds at
+    most a - W - 1 (not when it ends a line); from the right: a - 1 (not when a starts a line), unless
+    already counted."""
+    a = n * np.arange(groups, dtype=np.int64)
+    b = np.minimum(a + n, total) - 1
+    lo, hi = np.maximum(a - width, 0), np.minimum(a - 1, b - width)
+    below = np.maximum(hi - lo + 1, 0)
+    q = a - width - 1  # the below-right reader's extra block
+    extra = (q >= 0) & (q <= np.minimum(a - 1, b - width - 1)) & (q % width != width - 1)
+    left = a - 1
+    in_below = (left >= lo) & (left <= hi)
+    in_below_right = (left >= a - width - 1) & (left <= b - width - 1) & (left % width != width - 1)
+    right = (a >= 1) & (a % width != 0) & ~in_below & ~in_below_right
+    return int((below + extra + right).max())

@@ -130,8 +130,9 @@ def test_plan_stats_equal_the_listed_plan():
     from infdit_core.network.attention import neighbour_blocks
     from infdit_core.planning.scheduler import plan_stats
 
-    for rows, cols in [(1, 1), (1, 5), (5, 1), (2, 2), (3, 4), (4, 3), (5, 9), (8, 8), (7, 12), (13, 6)]:
-        for n in (1, 2, 3, 5, 7, 16, rows * cols - 1, rows * cols):
+    for rows, cols in [(1, 1), (1, 5), (5, 1), (2, 2), (3, 4), (4, 3), (5, 9), (8, 8), (7, 12), (13, 6), (2, 9),
+                       (9, 2), (3, 3), (6, 17)]:
+        for n in sorted({1, 2, 3, 4, 5, 7, 8, 9, 11, 16, 17, 18, rows * cols - 1, rows * cols}):
             for scan in ("rows", "columns", "auto"):
                 if n < 1:
                     continue

@@ -91,3 +91,24 @@ def test_float8_frontier_choices_keep_the_old_values_and_halve_the_frontier():
     assert not plain.float8_frontier and f8.float8_frontier and not f8.offload_frontier
     assert off8.float8_frontier and off8.offload_frontier
     assert estimate(f8, CFG, 4096, 4096)[1].frontier * 2 == pytest.approx(estimate(plain, CFG, 4096, 4096)[1].frontier, rel=1e-3)
+
+
+@pytest.mark.parametrize("query", [{"memory_budget_gb": "inf"}, {"memory_budget_gb": "nan"}, {"width": "1e300"},
+                                   {"height": "-5"}, {"block_batch": "2.5"}, {"block_batch": "1e9"},
+                                   {"width": "65537"}, {"scan": "diagonal"}, {"frontier": "somewhere"}])
+def test_junk_estimate_queries_are_clear_errors(query):
+    """Each is a ValueError (the route answers 400 with its message), never an OverflowError (a 500)."""
+    with pytest.raises(ValueError, match="bad estimate query|scan must|frontier must"):
+        block_size.estimate_query(query)
+
+
+def test_the_largest_estimate_query_is_quick():
+    import time
+
+    from infdit_core.planning.scheduler import plan_stats
+
+    plan_stats.cache_clear()
+    t0 = time.perf_counter()
+    answer = block_size.estimate_query({"width": "65536", "height": "65536", "block_batch": "1"})
+    assert time.perf_counter() - t0 < 1.0  # about 10 ms here; the bound is loose for a loaded CI machine
+    assert answer["block_batch"] == 1 and answer["total"] > 0
