@@ -145,73 +145,113 @@ def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
     return x
 
 
+# The three multistep solvers below give what ComfyUI's functions of the same name give on the same denoiser
+# and sigmas (comfy/k_diffusion/sampling.py: sample_ipndm, sample_ipndm_v, sample_deis), written here from
+# the methods' formulas: each warms up from first order, keeps up to three past derivatives, and takes the
+# step to sigma 0 as ComfyUI does (first order: it lands on the denoised estimate).
+
 # Adams-Bashforth weights for equal steps, newest derivative first (orders 1-4).
 _AB_EQUAL = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
 
-def ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """Improved PNDM (Zhang & Chen 2022): 4th-order Adams-Bashforth on dx/dsigma with the weights of
-    equal steps (as k-diffusion's ipndm), warming up from 1st order."""
+def _multistep(model, x, sigmas, extra_args, callback, max_order, weights):
+    """x += sum(w_j * d_j) over the newest derivatives, w = weights(i, levels, order) (newest first)."""
     extra_args = extra_args or {}
-    history = []  # derivatives of previous steps, newest first
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = _owned(model(x, sigma, **extra_args), x)
-        _report(callback, i, x, sigma, denoised)
-        ds = [_derivative_(x, denoised, sigma), *history]
-        h = float(sigma_next - sigma)
-        for w, dj in zip(_AB_EQUAL[len(ds) - 1], ds):
-            x.add_(dj, alpha=h * w)
-        history = ds[:3]
-        del denoised, ds, dj  # only the history is held through the next evaluation
-    return x
-
-
-def adams_bashforth_weights(nodes, target) -> list[float]:
-    """Integral of each Lagrange basis polynomial through `nodes` (newest first) from nodes[0] to
-    `target`: x_next = x + sum(w_j * d_j) integrates the polynomial through the derivatives d_j exactly."""
-    start = nodes[0]
-    h = target - start
-    taus = [(s - start) / h for s in nodes]  # scaled so the step runs over [0, 1]
-    weights = []
-    for j, tj in enumerate(taus):
-        basis = np.poly1d([1.0])
-        for k, tk in enumerate(taus):
-            if k != j:
-                basis = basis * np.poly1d([1.0, -tk]) / (tj - tk)
-        integral = np.polyint(basis)
-        weights.append(h * float(integral(1.0) - integral(0.0)))
-    return weights
-
-
-def _variable_adams_bashforth(model, x, sigmas, extra_args, callback, max_order):
-    extra_args = extra_args or {}
-    history = []  # (sigma, derivative) of previous steps, newest first
     levels = [float(s) for s in sigmas.double()]
+    history = []  # derivatives of previous steps, newest first
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i]
         denoised = _owned(model(x, sigma, **extra_args), x)
         _report(callback, i, x, sigma, denoised)
-        points = [(levels[i], _derivative_(x, denoised, sigma)), *history][:max_order]
-        weights = adams_bashforth_weights([s for s, _ in points], levels[i + 1])
-        for w, (_, dj) in zip(weights, points):
+        ds = [_derivative_(x, denoised, sigma), *history][:max_order]
+        order = 1 if levels[i + 1] == 0 else len(ds)  # the last step: first order, onto the estimate
+        for w, dj in zip(weights(i, levels, order), ds[:order]):
             x.add_(dj, alpha=w)
-        history = points[: max_order - 1]
-        del denoised, points, dj  # only the history is held through the next evaluation
+        history = ds[: max_order - 1]
+        del denoised, ds, dj  # only the history is held through the next evaluation
     return x
 
 
+def _ipndm_weights(i, levels, order):
+    h = levels[i + 1] - levels[i]
+    return [h * w for w in _AB_EQUAL[order - 1]]
+
+
+def ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Improved PNDM (Zhang & Chen 2022), as ComfyUI's ipndm: 4th-order Adams-Bashforth on dx/dsigma with
+    the weights of equal steps, warming up from 1st order."""
+    return _multistep(model, x, sigmas, extra_args, callback, 4, _ipndm_weights)
+
+
+def _ipndm_v_weights(i, levels, order):
+    """iPNDM's coefficients for uneven steps (h_n the step, h_n_k the earlier ones), as ComfyUI's ipndm_v."""
+    t = levels
+    h = t[i + 1] - t[i]
+    if order == 1:
+        return [h]
+    h1 = t[i] - t[i - 1]
+    r = h / h1
+    if order == 2:
+        return [h * (2 + r) / 2, h * -r / 2]
+    h2 = t[i - 1] - t[i - 2]
+    a = (1 - h / (3 * (h + h1)) * (h * (h + h1)) / (h1 * (h1 + h2))) / 2
+    if order == 3:
+        return [h * ((2 + r) / 2 + a), h * (-r / 2 - (1 + h1 / h2) * a), h * a * h1 / h2]
+    h3 = t[i - 2] - t[i - 3]
+    b = ((1 - h / (3 * (h + h1))) / 2 + (1 - h / (2 * (h + h1))) * h / (6 * (h + h1 + h2))) \
+        * (h * (h + h1) * (h + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3))
+    q = h1 * (h1 + h2) / (h2 * (h2 + h3))
+    return [h * ((2 + r) / 2 + a + b),
+            h * (-r / 2 - (1 + h1 / h2) * a - (1 + h1 / h2 + q) * b),
+            h * (a * h1 / h2 + (h1 / h2 + q * (1 + h2 / h3)) * b),
+            h * -b * q * h1 / h2]
+
+
 def ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """iPNDM for uneven steps: 4th-order Adams-Bashforth on dx/dsigma with the weights of the actual
-    step sizes (integrals of the Lagrange polynomial through the last four derivatives)."""
-    return _variable_adams_bashforth(model, x, sigmas, extra_args, callback, max_order=4)
+    """iPNDM for uneven steps, as ComfyUI's ipndm_v: 4th-order multistep whose coefficients follow the
+    actual step sizes."""
+    return _multistep(model, x, sigmas, extra_args, callback, 4, _ipndm_v_weights)
+
+
+# DEIS "tAB" as ComfyUI runs it: sigmas mapped to the time of a VP diffusion (epsilon 1e-3, sigma range
+# 0.002..80), the derivative extrapolated by the polynomial through the last points in that time, and
+# its product with dsigma/dt integrated numerically (10,000 points a step).
+_DEIS_POINTS = 10_000
+
+
+def _vp_time(sigmas: torch.Tensor):
+    """VP time of each EDM sigma (float32, as ComfyUI computes it), and the schedule's beta_0, beta_1."""
+    eps, smin, smax = 1e-3, torch.tensor(0.002), torch.tensor(80.0)
+    beta_d = 2 * (torch.log(smin**2 + 1) / eps - torch.log(smax**2 + 1)) / (eps - 1)
+    beta_min = torch.log(smax**2 + 1) - 0.5 * beta_d
+    t = ((beta_min**2 + 2 * beta_d * (sigmas.float().cpu() ** 2 + 1).log()).sqrt() - beta_min) / beta_d
+    return t, beta_min, beta_d + beta_min
+
+
+def _deis_weights(i, levels, order):
+    """The integral over step i of dsigma/dt times each Lagrange basis polynomial through the last `order`
+    VP times, in float32 as ComfyUI sums it (float64 would differ from it by up to 1e-3 relative)."""
+    if order == 1:
+        return [levels[i + 1] - levels[i]]
+    t, beta_0, beta_1 = _vp_time(torch.tensor(levels, dtype=torch.float32))
+    taus = torch.linspace(float(t[i]), float(t[i + 1]), _DEIS_POINTS)
+    alpha = torch.exp(-0.5 * taus**2 * (beta_1 - beta_0) - taus * beta_0)
+    dsigma_dtau = -0.5 * (-taus * (beta_1 - beta_0) - beta_0) / torch.sqrt(alpha * (1 - alpha))
+    nodes = t[[i - k for k in range(order)]]
+    weights = []
+    for j in range(order):
+        basis = 1
+        for k in range(order):
+            if k != j:
+                basis = basis * (taus - nodes[k]) / (nodes[j] - nodes[k])
+        weights.append(float(torch.sum(dsigma_dtau * basis) * ((t[i + 1] - t[i]) / _DEIS_POINTS)))
+    return weights
 
 
 def deis(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """DEIS with its polynomial ("tAB") extrapolation of order 3 (Zhang & Chen 2022). For an EDM model
-    (x not scaled) its exponential integrator reduces to integrating the derivative dx/dsigma, so
-    this is 3rd-order Adams-Bashforth with the weights of the actual step sizes."""
-    return _variable_adams_bashforth(model, x, sigmas, extra_args, callback, max_order=3)
+    """DEIS (Zhang & Chen 2022) in its "tAB" form of order 3, as ComfyUI's deis: the polynomial
+    extrapolation of the derivative in the time of a VP diffusion, integrated against dsigma/dt."""
+    return _multistep(model, x, sigmas, extra_args, callback, 3, _deis_weights)
 
 
 def check_sigmas(sigmas) -> torch.Tensor:

@@ -282,6 +282,36 @@ print("EQUAL" if torch.equal(default, wired) else f"DIFFERENT {{(default - wired
     assert result.stdout.strip().endswith("EQUAL"), result.stdout[-2000:] + result.stderr[-3000:]
 
 
+def test_built_in_solvers_with_comfyui_names_equal_comfyuis_functions():
+    """Every built-in solver whose name is also one of KSamplerSelect's gives what ComfyUI's function of that
+    name gives, on the same denoiser and sigmas (in one ComfyUI process, on tensors)."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(COMFYUI_DIR)!r}); sys.path.insert(0, {str(REPO)!r})
+sys.argv = ["test", "--cpu"]
+import comfy.options; comfy.options.enable_args_parsing()
+import torch, comfy.samplers
+from infdit_core.sampling import solvers
+from infdit_core.sampling.sampler import get_sigmas_karras
+toy = lambda x, sigma, **k: x / (1 + sigma**2) ** 0.5 * 0.7 + 0.1 * torch.tanh(x)
+shared = [n for n in solvers.SOLVERS if n in comfy.samplers.KSAMPLER_NAMES]
+assert {{"ipndm", "ipndm_v", "deis", "euler", "heun"}} <= set(shared), shared
+worst = 0.0
+for steps in (5, 13, 20):
+    sigmas = get_sigmas_karras(steps, 0.002, 40.0)
+    x0 = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(steps)) * 40
+    for name in shared:
+        ours = solvers.get_solver(name)(toy, x0.clone(), sigmas)
+        theirs = comfy.samplers.sampler_object(name).sampler_function(toy, x0.clone(), sigmas, disable=True)
+        worst = max(worst, float((ours - theirs).abs().max() / theirs.abs().max()))
+print("WORST", worst)
+"""
+    result = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", script], capture_output=True,
+                            text=True, timeout=600, cwd=COMFYUI_DIR)
+    assert "WORST" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+    assert float(result.stdout.split("WORST")[-1]) < 1e-5  # float32 rounding only
+
+
 def comfyui_sampler_names(server):
     return http(server + "/object_info/KSamplerSelect")["KSamplerSelect"]["input"]["required"]["sampler_name"][1]["options"]
 
