@@ -125,6 +125,14 @@ def cmd_evaluate(args) -> int:
     return evaluate(args)
 
 
+def cmd_download(args) -> int:
+    from .checkpoints.download import OFFICIAL_URL, download
+
+    path = download(args.to, args.url or OFFICIAL_URL, keep_pt=args.keep_pt, progress=True)
+    print(f"the Inf-DiT weights are in {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_estimate(args) -> int:
     from .network.config import InfDiTConfig
     from .checkpoints.loader import inspect_checkpoint
@@ -223,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", help="folder to write the outputs to")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("download", help="fetch the official weights and convert them to bf16 safetensors")
+    p.add_argument("--to", help="folder to put inf-dit.safetensors in (default: ComfyUI/models/inf_dit when this pack "
+                   "is in a ComfyUI's custom_nodes)")
+    p.add_argument("--url", help="where to fetch the official checkpoint from (default: the reference's link)")
+    p.add_argument("--keep-pt", action="store_true", help="keep the downloaded .pt next to the safetensors")
+    p.set_defaults(func=cmd_download)
+
     p = sub.add_parser("estimate", help="predicted peak memory of sampling")
     p.add_argument("sizes", nargs="+", help="output sizes, e.g. 4096 or 4096x2048 (WxH)")
     p.add_argument("--model", help="checkpoint to read the config from (default: the released config)")
@@ -246,6 +261,13 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from .checkpoints.download import DownloadError
+
+        if not isinstance(e, DownloadError):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -61,7 +61,9 @@ def resolve_model_path(name: str) -> str:
             raise FileNotFoundError(f"the bundled demo model is missing ({DEMO_MODEL_PATH}); reinstall the node pack")
         return str(DEMO_MODEL_PATH)
     if not name:
-        raise FileNotFoundError("no Inf-DiT model selected: put a checkpoint (.safetensors or the official .pt) into models/inf_dit and refresh")
+        raise FileNotFoundError("no Inf-DiT model selected: get the official weights with `python -m infdit_core "
+                                "download` (run in this pack's folder: it puts them into models/inf_dit), or put a "
+                                "checkpoint (.safetensors or the official .pt) there yourself, then refresh")
     return comfy.full_path(comfy.MODEL_FOLDER, name)
 
 

@@ -21,7 +21,7 @@ def test_the_public_api_is_what_it_was():
     ])
     assert all(hasattr(infdit_core, name) for name in infdit_core.__all__)
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert sorted(commands) == ["convert", "estimate", "evaluate", "train", "upscale"]
+    assert {"convert", "estimate", "evaluate", "train", "upscale"} <= set(commands)  # the ones there were stay
 
 
 def test_the_top_level_is_small_and_the_rest_in_sub_packages():

@@ -1,0 +1,161 @@
+"""The official weights in one command: `python -m infdit_core download [--to DIR] [--url URL] [--keep-pt]`.
+
+Fetches the released checkpoint (a ~2 GB pickle behind the link of the reference's README), resuming with
+HTTP Range requests after a dropped connection, retrying with timeouts instead of hanging, with a tqdm bar
+and a free-disk check first. It refuses what is not the checkpoint (a web page, a truncated file, another
+model) and leaves nothing behind, checks that the file loads strictly as the released config, then writes
+bf16 safetensors atomically next to where ComfyUI looks for them. A second run finds the file and does
+nothing. The only network access of the whole pack, and only when asked for.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..network.config import InfDiTConfig
+from .checkpoint import CheckpointError, convert, read_state_dict, split_state
+
+OFFICIAL_URL = "https://cloud.tsinghua.edu.cn/f/6e313f7e1236468e973b/?dl=1"  # from the reference's README
+OUTPUT_NAME = "inf-dit.safetensors"
+CHUNK = 1 << 20
+TIMEOUT_S = 30  # per connection and read: a stalled server is retried, never waited on forever
+RETRIES = 5
+
+
+class DownloadError(RuntimeError):
+    """The download failed or was not the checkpoint; the message says what to do."""
+
+
+class ResumableDownloadError(DownloadError):
+    """The connection kept failing: the part already fetched is kept, and the next run resumes from it."""
+
+
+def default_folder() -> Path | None:
+    """ComfyUI/models/inf_dit when this pack sits in a ComfyUI's custom_nodes folder, else None."""
+    pack = Path(__file__).resolve().parents[2]
+    comfyui = pack.parent.parent
+    if pack.parent.name == "custom_nodes" and (comfyui / "models").is_dir():
+        return comfyui / "models" / "inf_dit"
+    return None
+
+
+def download(folder=None, url: str = OFFICIAL_URL, keep_pt: bool = False, progress: bool = True,
+             expected_config: InfDiTConfig | None = None) -> Path:
+    """The released weights as `folder`/inf-dit.safetensors (bf16); returns its path. `expected_config`:
+    what the file must be (the released config; tests pass their small one)."""
+    folder = Path(folder) if folder is not None else default_folder()
+    if folder is None:
+        raise DownloadError("where to put the weights? This pack is not inside a ComfyUI's custom_nodes folder: "
+                            "pass --to DIR (for ComfyUI: ComfyUI/models/inf_dit)")
+    output = folder / OUTPUT_NAME
+    if output.is_file():
+        return output  # a second run: nothing to do
+    folder.mkdir(parents=True, exist_ok=True)
+    pt = folder / "inf-dit.pt"
+    partial = folder / "inf-dit.pt.partial"
+    try:
+        if not pt.is_file():
+            _fetch(url, partial, progress)
+            partial.replace(pt)
+        _check_and_convert(pt, output, expected_config or InfDiTConfig.released())
+    except (ResumableDownloadError, KeyboardInterrupt):
+        raise  # the partial file stays for the next run to resume
+    except BaseException:  # not the checkpoint: nothing of it is left behind
+        for leftover in (partial, pt):
+            if leftover.exists():
+                leftover.unlink()
+        raise
+    if not keep_pt:
+        pt.unlink()
+    return output
+
+
+def _fetch(url: str, partial: Path, progress: bool) -> None:
+    """Download to `partial`, resuming after a dropped connection; refuses a web page or a short file."""
+    from tqdm import tqdm
+
+    total = None
+    with tqdm(unit="B", unit_scale=True, desc="Inf-DiT weights", disable=not progress) as bar:
+        for attempt in range(RETRIES + 1):
+            have = partial.stat().st_size if partial.exists() else 0
+            request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+            try:
+                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                    resumed = have and response.status == 206
+                    if not resumed:
+                        have = 0
+                    total = _expected_size(response, have, total)
+                    if attempt == 0:
+                        _check_disk(partial.parent, total)
+                    bar.total, bar.n = total, have
+                    bar.refresh()
+                    _refuse_web_page(response)
+                    with open(partial, "ab" if resumed else "wb") as out:
+                        while chunk := response.read(CHUNK):
+                            out.write(chunk)
+                            bar.update(len(chunk))
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+                if isinstance(e, urllib.error.HTTPError) and e.code < 500 and e.code != 416:
+                    raise DownloadError(f"the server refused the download (HTTP {e.code}) at {url}: check the link, "
+                                        "or download the checkpoint in a browser and run `python -m infdit_core "
+                                        "convert`") from None
+                if attempt == RETRIES:
+                    raise ResumableDownloadError(f"the download kept failing ({e}); run the command again to "
+                                                 "resume where it stopped") from None
+                time.sleep(min(2**attempt, 30) * 0.1)
+                continue
+            size = partial.stat().st_size
+            if total is None or size == total:
+                return
+            if attempt == RETRIES:
+                break
+    raise ResumableDownloadError(f"the download stopped at {partial.stat().st_size} of {total} bytes after "
+                                 f"{RETRIES + 1} tries; run the command again to resume where it stopped")
+
+
+def _expected_size(response, have: int, known):
+    """Whole file size from Content-Range (a resumed answer) or Content-Length."""
+    content_range = response.headers.get("Content-Range")
+    if content_range and "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length")
+    return have + int(length) if length and length.isdigit() else known
+
+
+def _check_disk(folder: Path, total) -> None:
+    """Room for the download and the bf16 safetensors written from it (about half its size)."""
+    if total is None:
+        return
+    free = shutil.disk_usage(folder).free
+    need = total + total // 2
+    if free < need:
+        raise DownloadError(f"{folder} has {free / 2**30:.1f} GiB free; the download and the converted weights "
+                            f"need about {need / 2**30:.1f} GiB: free some space or pass --to another folder")
+
+
+def _refuse_web_page(response) -> None:
+    kind = response.headers.get("Content-Type", "")
+    start = response.peek(64) if hasattr(response, "peek") else b""
+    if "text/html" in kind or start.lstrip().lower().startswith((b"<!doctype", b"<html")):
+        raise DownloadError("the server sent a web page, not the checkpoint (the link may have moved or may need "
+                            "a browser): download it by hand from the link in the README and run "
+                            "`python -m infdit_core convert IN.pt inf-dit.safetensors --dtype bf16`")
+
+
+def _check_and_convert(pt: Path, output: Path, expected: InfDiTConfig) -> None:
+    try:
+        state, metadata = read_state_dict(pt)
+        config, _, _, _ = split_state(pt, state, metadata)
+    except CheckpointError as e:
+        raise DownloadError(f"the downloaded file is not the Inf-DiT checkpoint: {e}") from None
+    del state
+    if config != expected:
+        raise DownloadError(f"the downloaded file is another model ({config}), not the released Inf-DiT "
+                            f"({expected}): check --url")
+    try:
+        convert(pt, output, "bf16")  # checks every tensor against the model, writes atomically
+    except CheckpointError as e:
+        raise DownloadError(f"the downloaded checkpoint does not load: {e}") from None

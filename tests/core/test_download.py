@@ -1,0 +1,113 @@
+"""`python -m infdit_core download` against loopback HTTP servers this test starts: a connection cut mid-file
+(resumed with a Range request), a web page, a file that is not a checkpoint and another model."""
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from conftest import TINY, random_model, write_official_pt
+from infdit_core import InfDiTConfig, load_inf_dit
+from infdit_core.checkpoints import download as dl
+from infdit_core.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small model in the official .pt layout (the real one is 2 GB; `expected_config` names it)."""
+    return write_official_pt(random_model(TINY, seed=4), tmp_path_factory.mktemp("pt") / "model.pt").read_bytes()
+
+
+def serve(body: bytes, content_type="application/octet-stream", cut_first_at=None):
+    """A loopback server for `body`; the first answer stops after `cut_first_at` bytes. Returns (url, log)."""
+    log = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            start = 0
+            ranged = self.headers.get("Range")
+            if ranged:
+                start = int(ranged.split("=")[1].split("-")[0])
+            log.append(start)
+            self.send_response(206 if ranged else 200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body) - start))
+            if ranged:
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.end_headers()
+            end = len(body) if cut_first_at is None or len(log) > 1 else cut_first_at
+            self.wfile.write(body[start:end])
+            self.wfile.flush()
+            if end < len(body):
+                self.connection.close()  # a dropped connection mid-file
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/weights?dl=1", log, server
+
+
+def test_a_cut_connection_resumes_and_the_result_loads(tmp_path, checkpoint):
+    url, log, server = serve(checkpoint, cut_first_at=len(checkpoint) // 3)
+    try:
+        path = dl.download(tmp_path, url, progress=False, expected_config=TINY)
+    finally:
+        server.shutdown()
+    assert log == [0, len(checkpoint) // 3]  # the second request asked for the rest only
+    assert path == tmp_path / "inf-dit.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inf-dit.safetensors"]  # the .pt is removed
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys() if f.get_tensor(k).is_floating_point())
+    assert load_inf_dit(path).config == TINY
+    assert dl.download(tmp_path, "http://127.0.0.1:9/never", progress=False, expected_config=TINY) == path  # found
+
+
+def test_keep_pt_keeps_the_download(tmp_path, checkpoint):
+    url, _, server = serve(checkpoint)
+    try:
+        dl.download(tmp_path, url, keep_pt=True, progress=False, expected_config=TINY)
+    finally:
+        server.shutdown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inf-dit.pt", "inf-dit.safetensors"]
+
+
+@pytest.mark.parametrize("body, kind, message", [
+    (b"<!DOCTYPE html><html><body>Link expired</body></html>", "text/html", "web page"),
+    (b"<html>sign in</html>", "application/octet-stream", "web page"),
+    (b"\x00" * 5000, "application/octet-stream", "not the Inf-DiT checkpoint"),
+])
+def test_what_is_not_the_checkpoint_is_refused_and_nothing_is_left(tmp_path, body, kind, message):
+    url, _, server = serve(body, kind)
+    try:
+        with pytest.raises(dl.DownloadError, match=message):
+            dl.download(tmp_path, url, progress=False, expected_config=TINY)
+    finally:
+        server.shutdown()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_another_model_is_refused(tmp_path, checkpoint):
+    url, _, server = serve(checkpoint)
+    try:
+        with pytest.raises(dl.DownloadError, match="another model"):
+            dl.download(tmp_path, url, progress=False)  # expects the released config
+    finally:
+        server.shutdown()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line(tmp_path, capsys, checkpoint, monkeypatch):
+    url, _, server = serve(b"<html>gone</html>", "text/html")
+    try:
+        assert main(["download", "--to", str(tmp_path), "--url", url]) == 2
+    finally:
+        server.shutdown()
+    assert "error: the server sent a web page" in capsys.readouterr().err
+    monkeypatch.setattr(dl, "default_folder", lambda: None)
+    assert main(["download"]) == 2
+    assert "pass --to DIR" in capsys.readouterr().err
+    assert InfDiTConfig.released() != TINY
