@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to the whole test suite (what CI runs): set up, add the test tools, test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+python -m pip install --quiet pytest scikit-image  # test tools; scikit-image also holds the training photos
+python -m pytest tests -q
