@@ -132,7 +132,7 @@ def spec() -> NodeSpec:
             Input("solver", "combo", "Built-in ODE solver when no sampler is wired. heun = the release (2 x steps - 1 "
                   "network passes); euler, dpmpp_2m, ipndm, ipndm_v, deis take 1 pass per step, dpm_2 two. Each gives "
                   "what KSamplerSelect's sampler of the same name gives (ipndm, ipndm_v, deis: ComfyUI's methods "
-                  "since 0.3). ipndm_v at 13 steps is closer to the exact ODE solution than heun at 20.",
+                  "since 0.2). ipndm_v at 13 steps is closer to the exact ODE solution than heun at 20.",
                   default="heun", options=SOLVERS, optional=True),
             Input("denoise", "float", "How much of the noise schedule to run, as KSampler's denoise. 1 = from full noise "
                   "(the release). Lower starts at a lower noise level: closer to the input, less new detail and less "

@@ -31,7 +31,7 @@ export function parseBlocksMessage(detail) {
   };
 }
 
-// The grid after one message. Messages since 0.3 carry only the group just done (`group` set): its blocks
+// The grid after one message. Messages since 0.2 carry only the group just done (`group` set): its blocks
 // join the ones already done in this network pass; group 0, or another image, pass or grid, starts over.
 // Older messages carry the whole done-list and replace the state.
 export function applyBlocksMessage(previous, message) {

@@ -312,6 +312,19 @@ print("WORST", worst)
     assert float(result.stdout.split("WORST")[-1]) < 1e-5  # float32 rounding only
 
 
+def test_blueprints_and_workflow_thumbnails_are_served(server):
+    """ComfyUI lists the pack's subgraph blueprints and serves every workflow with its thumbnail."""
+    names = {entry["name"] for entry in http(server + "/global_subgraphs").values()}
+    assert {"inf_dit_x4", "inf_dit_fit_4k"} <= names
+    templates = http(server + "/workflow_templates")
+    pack = next(k for k in templates if "Inf-DiT" in k or "inf" in k.lower())
+    for name in templates[pack]:
+        base = f"{server}/api/workflow_templates/{pack}/{name}"
+        assert http(base + ".json")["nodes"]
+        with urllib.request.urlopen(base + ".jpg", timeout=30) as response:
+            assert response.headers["Content-Type"].startswith("image/") and response.read(3) == b"\xff\xd8\xff"
+
+
 def comfyui_sampler_names(server):
     return http(server + "/object_info/KSamplerSelect")["KSamplerSelect"]["input"]["required"]["sampler_name"][1]["options"]
 
