@@ -325,6 +325,32 @@ def test_blueprints_and_workflow_thumbnails_are_served(server):
             assert response.headers["Content-Type"].startswith("image/") and response.read(3) == b"\xff\xd8\xff"
 
 
+def test_the_estimate_route_answers_junk_with_400_and_quickly_while_a_prompt_runs(server):
+    """Junk never gives a 5xx; the largest query answers in under 50 ms while a prompt is running."""
+    import urllib.error
+
+    for junk in ("memory_budget_gb=inf", "memory_budget_gb=nan", "width=1e300", "block_batch=many", "height=-1"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            http(f"{server}/inf_dit/estimate?{junk}")
+        assert err.value.code == 400, junk
+    graph = upscale_graph(model=DEMO, scale="8")
+    graph["1"]["inputs"]["image"] = "infdit-test-64x48.png"
+    prompt_id = http(server + "/prompt", {"prompt": graph})["prompt_id"]
+    http(f"{server}/inf_dit/estimate?width=65536&height=65536&block_batch=1")  # warm (first import of numpy paths)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        answer = http(f"{server}/inf_dit/estimate?width=65536&height=65536&block_batch=1")
+        times.append(time.perf_counter() - t0)
+    running = http(server + "/queue")["queue_running"]
+    assert answer["block_batch"] == 1 and min(times) < 0.05, times
+    assert any(item[1] == prompt_id for item in running) or http(server + f"/history/{prompt_id}")  # it ran meanwhile
+    for _ in range(2400):
+        if http(server + f"/history/{prompt_id}").get(prompt_id):
+            break
+        time.sleep(0.25)
+
+
 def comfyui_sampler_names(server):
     return http(server + "/object_info/KSamplerSelect")["KSamplerSelect"]["input"]["required"]["sampler_name"][1]["options"]
 
