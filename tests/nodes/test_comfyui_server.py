@@ -312,8 +312,10 @@ print("WORST", worst)
     assert float(result.stdout.split("WORST")[-1]) < 1e-5  # float32 rounding only
 
 
-def test_blueprints_and_workflow_thumbnails_are_served(server):
-    """ComfyUI lists the pack's subgraph blueprints and serves every workflow with its thumbnail."""
+def test_blueprints_thumbnails_and_translations_are_served(server):
+    """ComfyUI lists the pack's subgraph blueprints, serves every workflow with its thumbnail, and the
+    Chinese display names."""
+    assert http(server + "/i18n")["zh"]["nodeDefs"]["InfDiTUpscale"]["display_name"] == "Inf-DiT 放大"
     names = {entry["name"] for entry in http(server + "/global_subgraphs").values()}
     assert {"inf_dit_x4", "inf_dit_fit_4k"} <= names
     templates = http(server + "/workflow_templates")
