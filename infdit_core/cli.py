@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints.checkpoint import CheckpointError
+from .hardware.devices import check_device, default_device
 from .hardware.precision import DTYPES
 from .planning.options import BlockOptions
 from .sampling.options import SamplingOptions
@@ -145,7 +146,7 @@ def cmd_estimate(args) -> int:
     if block_batch == "auto" and budget is None:
         raise SystemExit("--block-batch auto needs --budget GIB (the device memory it may use)")
     blocks = BlockOptions(block_batch, budget, args.offload_frontier, args.float8_frontier, images=args.images)
-    device = "cuda" if budget is not None else None
+    device = args.plan_device or ("cuda" if budget is not None else None)  # the kind of device planned for
     for side in args.sizes:
         try:
             w, h = (int(v) for v in side.lower().split("x")) if "x" in side.lower() else (int(side), int(side))
@@ -162,6 +163,19 @@ def cmd_estimate(args) -> int:
             (oh, ow) = p.out_size
             print(f"  pass {k + 1}/{len(plan.passes)} x{p.scale} -> {ow}x{oh} block_batch {p.block_batch}: {p.estimate}")
     return 0
+
+
+def add_device_argument(p) -> None:
+    p.add_argument("--device", default=None, help="cuda (NVIDIA or AMD), xpu (Intel), mps (Apple) or cpu, with an index "
+                   "if you like (cuda:1); default: the first of these this machine has")
+
+
+def resolve_device(args) -> None:
+    """--device checked against this machine (a clear error if it has no such device), or the default one."""
+    if getattr(args, "device", "") is None:
+        args.device = str(default_device())
+    elif getattr(args, "device", None):
+        args.device = str(check_device(args.device))
 
 
 def add_sampling_arguments(p) -> None:
@@ -199,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload-frontier", action="store_true", help="keep cached keys/values in CPU memory")
     p.add_argument("--float8-frontier", action="store_true",
                    help="store cached keys/values as float8 (e4m3, one scale per block): half the frontier of bf16")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p)
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     p.add_argument("--compile", action="store_true",
                    help="fuse the layers' small ops with torch.compile (slow first run; eager with a warning if unavailable)")
@@ -247,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", choices=("auto", "device", "host"), default="auto",
                    help="where the full-size images live (auto: on the host when they do not fit --budget)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
+    p.add_argument("--device", dest="plan_device", choices=("cuda", "xpu", "mps", "cpu"), default=None,
+                   help="the kind of device to plan for, present here or not (default: cuda with --budget; its "
+                        "attention path, block batch cap and memory rules differ: docs/performance.md, Devices)")
     p.add_argument("--offload-frontier", action="store_true")
     p.add_argument("--float8-frontier", action="store_true")
     p.set_defaults(func=cmd_estimate)
@@ -256,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        resolve_device(args)
         return args.func(args)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -139,12 +139,14 @@ def spec() -> NodeSpec:
                     "host (released model, bf16; full-size images go to the host when they would not fit the device).",
         inputs=(
             Input("block_batch", "int", "Blocks denoised per network pass. 0 = auto: the fastest that fits the memory "
-                  "budget (CPU: 1; GPU: the largest that fits). Smaller = less memory.", default=0, min=0, max=4096, step=1),
+                  "budget (CPU: 1; NVIDIA, AMD and Intel GPUs: up to 16, 64 with the frontier offloaded; Apple GPUs: up to 4). "
+                  "Smaller = less memory.", default=0, min=0, max=4096, step=1),
             Input("memory_budget_gb", "float", "Memory auto may use, in GiB. 0 = the free memory of the device "
                   "(after ComfyUI unloads other models).", default=0.0, min=0.0, max=1024.0, step=0.5),
             Input("frontier", "combo", "Where the cached keys/values of finished neighbour blocks live. Offloading to CPU "
                   "saves device memory at some speed cost. The float8 choices store them in 8 bits with a scale per "
-                  "block: half the memory of bf16, a small error (about 0.3% of the output range on test models).",
+                  "block: half the memory of bf16, a small error (about 0.3% of the output range on test models). Not on Apple "
+                  "GPUs (MPS has no float8): there Inf-DiT Upscale stops with a message before any work.",
                   default=FRONTIER_ON_DEVICE, options=FRONTIERS),
             Input("scan", "combo", "Block order. auto walks along the longer side so the cached frontier is one line "
                   "of the shorter side.", default="auto", options=SCANS),

@@ -77,7 +77,9 @@ def full_path(folder: str, name: str) -> str:
 def torch_device() -> torch.device:
     if COMFY:
         return _mm.get_torch_device()
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    from .core import devices
+
+    return devices.default_device()
 
 
 def offload_device() -> torch.device:
@@ -128,8 +130,10 @@ def load_to_device(patcher, model: torch.nn.Module, memory_required: int) -> tor
 def empty_cache() -> None:
     if COMFY:
         _mm.soft_empty_cache()
-    elif torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    else:
+        from .core import devices
+
+        devices.empty_cache(torch_device())
 
 
 def oom_errors() -> tuple[type[BaseException], ...]:

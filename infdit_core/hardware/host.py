@@ -1,4 +1,4 @@
-"""Page-locked (pinned) host memory for a CUDA run: allocated so that a failure is an out-of-memory error,
+"""Page-locked (pinned) host memory for a GPU run (CUDA, ROCm, XPU: `devices.traits(...).pinned_memory`): allocated so that a failure is an out-of-memory error,
 counted as torch's caching host allocator really takes it, handed back after a run, and used only for
 small reusable staging buffers and the offloaded frontier, never for a full-size image.
 
@@ -10,6 +10,8 @@ to the system once a run is over.
 from __future__ import annotations
 
 import torch
+
+from .devices import stream_backend
 
 
 def pinned_bytes(nbytes: int) -> int:
@@ -38,7 +40,7 @@ def release_host_cache() -> None:
 
 
 class PinnedStaging:
-    """Moves the blocks of each group between host-held images and a CUDA device through small pinned
+    """Moves the blocks of each group between host-held images and a GPU with pinned memory through small pinned
     buffers that are reused: `to_device` copies a host tensor in and sends it with a non-blocking copy;
     `to_host` brings a device tensor back with a non-blocking copy and runs `write(host_tensor)` once the
     copy is done - at the start of the group that reuses the buffer (two groups later) or at `flush`.
@@ -48,6 +50,7 @@ class PinnedStaging:
 
     def __init__(self, device):
         self.device = torch.device(device)
+        self.streams = stream_backend(self.device)  # torch.cuda or torch.xpu: its Event
         self.buffers: list = [None] * self.BUFFERS  # pinned uint8
         self.events: list = [None] * self.BUFFERS
         self.pending: list = [[] for _ in range(self.BUFFERS)]  # (host view, write) to run once copied
@@ -80,7 +83,7 @@ class PinnedStaging:
         view = buf[self.used:end].view(dtype).view(shape)
         self.used = -(-end // 64) * 64  # keep every region 64-byte aligned
         if self.events[self.current] is None:
-            self.events[self.current] = torch.cuda.Event()
+            self.events[self.current] = self.streams.Event()
         return view
 
     def to_device(self, t: torch.Tensor) -> torch.Tensor:

@@ -2,16 +2,18 @@
 the ComfyUI node share.
 
 bf16 where the device multiplies it natively: a CUDA device of compute capability 8.0 or higher (its
-own index: one machine may mix GPUs), or a CPU with AMX or AVX512-BF16, where bf16 matmuls run 2-5x
-faster than float32. Older CUDA cards (T4, V100, RTX 20xx) only emulate bf16, and on them the fused
-attention kernels refuse it, so they get fp16, which they multiply natively; the model was trained in
-bf16 and fp16 can overflow, so every pass checks its output (`check_finite`). Elsewhere float32.
+own index: one machine may mix GPUs), an AMD card with bf16 matrix units (CDNA2/3, RDNA3 and newer, judged
+by its gcnArchName: a HIP build reports a made-up capability), an Intel GPU that says it has bf16, or a CPU
+with AMX or AVX512-BF16, where bf16 matmuls run 2-5x faster than float32. Older CUDA cards (T4, V100,
+RTX 20xx), older AMD cards (RDNA2, Vega) and Apple GPUs get fp16, which every one of them multiplies
+natively; the model was trained in bf16 and fp16 can overflow, so every pass checks its output
+(`check_finite`). Elsewhere float32.
 """
 from __future__ import annotations
 
 import torch
 
-
+from .devices import is_rocm, modern_amd
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # the names users give
 
@@ -35,15 +37,28 @@ def capability(device) -> tuple[int, int] | None:
 
 
 def native_bf16(device) -> bool:
-    """bf16 multiplied natively (compute capability 8.0+) on this CUDA device; unknown counts as yes."""
-    cap = capability(device)
-    return cap is None or cap >= (8, 0)
+    """bf16 multiplied natively on this GPU (CUDA: compute capability 8.0+; ROCm: by architecture; XPU: as
+    it reports; MPS: no); unknown counts as yes."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if is_rocm():
+            return modern_amd(device)
+        cap = capability(device)
+        return cap is None or cap >= (8, 0)
+    if device.type == "xpu":
+        try:
+            return bool(torch.xpu.is_bf16_supported())
+        except (RuntimeError, AssertionError, AttributeError):
+            return True
+    return False
 
 
 def auto_dtype(device) -> torch.dtype:
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type in ("cuda", "xpu"):
         return torch.bfloat16 if native_bf16(device) else torch.float16
+    if device.type == "mps":
+        return torch.float16
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32

@@ -7,9 +7,10 @@ release: the duplicated groups change the softmax, so they are kept).
 The four key groups can be attended in three ways, equal up to rounding (`ATTENTION_VARIANTS`):
 - "lse_merge": one fused call per group, each returning its log-sum-exp, merged by those (no copy of
   a key; the CPU default, bit for bit the release's);
-- "concat": the four groups copied side by side (with their group embedding added) and one fused call
-  over 4T keys (the fewest bytes moved on a GPU: see benchmarks/gpu_model.py; the CUDA default);
-- "cudnn": like "lse_merge" with cuDNN's attention kernel where torch has it.
+- "concat": the four groups copied side by side (with their group embedding added) and one call over 4T
+  keys (the fewest bytes moved on a GPU: see benchmarks/gpu_model.py; the default on every GPU: off CUDA
+  no kernel returns the log-sum-exp, so "lse_merge" would copy the groups anyway, once per run);
+- "cudnn": like "lse_merge" with cuDNN's attention kernel where torch has it (NVIDIA builds).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..hardware.devices import traits
 from ..hardware.precision import capability, native_bf16
 
 Block = tuple[int, int]
@@ -40,8 +42,8 @@ def reader_blocks(row: int, col: int, rows: int, cols: int) -> tuple[Block, ...]
 
 
 def default_variant(device) -> str:
-    """"lse_merge" on the CPU (the release's numbers), "concat" on CUDA (fewest bytes, one longer call)."""
-    return "concat" if torch.device(device).type == "cuda" else "lse_merge"
+    """"lse_merge" on the CPU (the release's numbers), "concat" on every GPU (fewest bytes, one longer call)."""
+    return "lse_merge" if torch.device(device).type == "cpu" else "concat"
 
 
 def resolve_variant(variant: str | None, device) -> str:
@@ -160,7 +162,9 @@ def _one_call(q, k, v) -> torch.Tensor:
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     key = (str(q.device), q.dtype)
     if q.device.type == "cuda" and q.dtype != torch.float32 and _ONE_CALL.get(key) != "sdpa":
-        cap = capability(q.device)
+        if not traits(q.device).cudnn_attention:  # a HIP build: no cuDNN, whatever capability it reports
+            _ONE_CALL[key] = "sdpa"
+        cap = capability(q.device) if _ONE_CALL.get(key) != "sdpa" else None
         if cap is not None and cap >= (9, 0):
             try:
                 out = torch.ops.aten._scaled_dot_product_cudnn_attention(qt, kt, vt, None, False)[0]
@@ -188,7 +192,7 @@ def lse_kernels(device, dtype, cudnn: bool = False) -> tuple[str, ...]:
     if device.type != "cuda":
         return ()
     native = native_bf16(device)
-    kernels = ["cudnn"] if cudnn and native and dtype != torch.float32 else []
+    kernels = ["cudnn"] if cudnn and native and dtype != torch.float32 and traits(device).cudnn_attention else []
     if dtype == torch.float16 or (dtype == torch.bfloat16 and native):
         if native:
             kernels.append("flash")

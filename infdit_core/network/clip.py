@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import resize_bicubic
+
 CLIP_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -40,7 +42,7 @@ def clip_preprocess(lr: torch.Tensor) -> torch.Tensor:
     short, long = min(h, w), max(h, w)
     long_new = int(CLIP_SIZE * long / short)  # truncated, as torchvision does
     size = (CLIP_SIZE, long_new) if h <= w else (long_new, CLIP_SIZE)
-    x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    x = resize_bicubic(x, size)
     nh, nw = x.shape[-2:]
     top, left = int(round((nh - CLIP_SIZE) / 2)), int(round((nw - CLIP_SIZE) / 2))
     if nh < CLIP_SIZE or nw < CLIP_SIZE:  # cannot happen after the resize, kept as a guard

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..hardware.devices import is_out_of_memory
 from .model import EAGER_STAGES, LayerStages
 
 # Run-time failures that must reach the caller, not read as "compile unavailable" (AcceleratorError: torch >= 2.8).
@@ -58,7 +59,7 @@ def _guarded(compiled_fn, eager_fn):
         except _RUNTIME_ERRORS:
             raise  # out of memory, a sticky CUDA error: the caller's handling applies
         except Exception as e:  # compile-time failures surface at the first call; a real error recurs eagerly
-            if "CUDA error" in str(e):  # an older torch's plain RuntimeError for the same
+            if "CUDA error" in str(e) or is_out_of_memory(e):  # an older torch's CUDA error; MPS's out of memory
                 raise
             _fallback_warning(_reason(e))
             return eager_fn(*args)

@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from ..hardware import host
+from ..hardware.devices import stream_backend, traits
 from .attention import Block, attend_concatenated, attend_key_groups, neighbour_blocks, reader_blocks, resolve_variant
 from .float8 import FLOAT8, dequantise, quantise
 
@@ -24,10 +25,11 @@ class KeyValueStore:
     preallocated (slots, B, T, h, d) tensor, the block at scan position p in slot p % slots. Reading
     before writing lets a block take the slot of one this group read for the last time, so `slots`
     (the plan's `frontier_span()`) only has to separate the blocks kept after each group. A
-    `storage_device` other than the compute device offloads the ring (pinned memory when computing on
-    CUDA): blocks go out, and each span of slots a group reads comes back once per layer, with
-    non-blocking copies on a side stream; the next layer's spans are fetched while this one computes
-    and the compute stream waits only for that fetch (an event). `release` drops blocks no later group
+    `storage_device` other than the compute device offloads the ring (pinned memory where the device has
+    it: CUDA, ROCm, XPU): blocks go out, and each span of slots a group reads comes back once per layer,
+    with non-blocking copies on a side stream; the next layer's spans are fetched while this one computes
+    and the compute stream waits only for that fetch (an event). Without pinned memory (MPS) every copy
+    is a blocking one: a non-blocking copy to pageable memory is unsafe there. `release` drops blocks no later group
     reads. The whole-image forward is one group with `keep=False`.
 
     `storage_dtype` is the ring's dtype (default: the keys'); `_encode`/`_decode` are the one place
@@ -50,7 +52,8 @@ class KeyValueStore:
         self._group = None  # (blocks, {position: index in group}, runs, [(position, index) to write]) of the group
         self._compute_device = None
         self._staged: dict = {}  # offloaded: layer -> (fetched spans per run, event)
-        self._stream = None  # offloaded on CUDA: the side stream of all copies
+        self._stream = None  # offloaded with pinned memory: the side stream of all copies
+        self._async = False  # copies to and from the ring are non-blocking (the ring is pinned)
 
     # --- where blocks are --------------------------------------------------------------------------
     def _position(self, blk: Block) -> int:
@@ -176,7 +179,7 @@ class KeyValueStore:
             staged = self._fetch(layer, runs, one)
         fetched, event = staged
         if event is not None:
-            torch.cuda.current_stream(self._compute_device).wait_event(event)  # this fetch only, not the writes
+            stream_backend(self._compute_device).current_stream(self._compute_device).wait_event(event)  # this fetch only, not the writes
         return fetched
 
     @staticmethod
@@ -196,17 +199,17 @@ class KeyValueStore:
             if one:
                 read = [(kr[:, 0], vr[:, 0]) for kr, vr in read]
             if self._stream is not None:
-                event = torch.cuda.Event()
+                event = stream_backend(self._compute_device).Event()
                 event.record(self._stream)
         return self._views(read, where), event
 
     def _bring(self, layer, which, s, length) -> torch.Tensor:
         t = self.ring[layer][which][s:s + length]
         out = torch.empty(t.shape, dtype=t.dtype, device=self._compute_device)
-        out.copy_(t, non_blocking=True)
+        out.copy_(t, non_blocking=self._async)
         scale = None
         if self.float8:
-            scale = self.scales[layer][which][s:s + length].to(self._compute_device, non_blocking=True)
+            scale = self.scales[layer][which][s:s + length].to(self._compute_device, non_blocking=self._async)
         return self._decode(out, scale)
 
     def _write(self, layer: int, k, v, of_one=None) -> None:
@@ -231,13 +234,13 @@ class KeyValueStore:
                 if of_one is not None and not self.float8:  # one image: plain slices, no batch transpose
                     whole = g0 == 0 and m == of_one[0].shape[0]
                     for ring, t in zip(self._rings_of_one[layer], of_one):
-                        ring[s:s + m].copy_(t if whole else t[g0:g0 + m], non_blocking=True)
+                        ring[s:s + m].copy_(t if whole else t[g0:g0 + m], non_blocking=self._async)
                 else:
                     for which, (ring, t) in enumerate(((ring_k, k), (ring_v, v))):
                         block, scale = self._encode(t[:, g0:g0 + m].transpose(0, 1))
-                        ring[s:s + m].copy_(block, non_blocking=True)
+                        ring[s:s + m].copy_(block, non_blocking=self._async)
                         if scale is not None:
-                            self.scales[layer][which][s:s + m].copy_(scale, non_blocking=True)
+                            self.scales[layer][which][s:s + m].copy_(scale, non_blocking=self._async)
             i = j + 1
 
     def _claim(self, positions) -> None:
@@ -264,7 +267,8 @@ class KeyValueStore:
             rows, cols = self.grid
             self.slots = rows * cols
         device = self.storage_device or k.device
-        pin = device.type == "cpu" and k.is_cuda
+        pin = device.type == "cpu" and k.device.type != "cpu" and traits(k.device).pinned_memory
+        self._async = pin or device.type != "cpu"  # on the device, or pinned: never pageable host memory
         shape = (self.slots, k.shape[0], *k.shape[2:])
         dtype = FLOAT8 if self.float8 else (self.storage_dtype or k.dtype)
 
@@ -293,16 +297,17 @@ class KeyValueStore:
 
     @contextlib.contextmanager
     def _copy_stream(self, after_compute: bool = False, sources=()):
-        """Offloaded on CUDA: run copies on the side stream (ordered after the compute so far when
+        """Offloaded to pinned memory: run copies on the side stream (ordered after the compute so far when
         `after_compute`), keeping their sources alive until done; otherwise plain copies."""
-        if not (self.offloaded and self._compute_device.type == "cuda"):
+        backend = stream_backend(self._compute_device) if self.offloaded and self._async else None
+        if backend is None:
             yield
             return
         if self._stream is None:
-            self._stream = torch.cuda.Stream(self._compute_device)
+            self._stream = backend.Stream(self._compute_device)
         if after_compute:
-            self._stream.wait_stream(torch.cuda.current_stream(self._compute_device))
-        with torch.cuda.stream(self._stream):
+            self._stream.wait_stream(backend.current_stream(self._compute_device))
+        with backend.stream(self._stream):
             yield
         for t in sources:
             t.record_stream(self._stream)

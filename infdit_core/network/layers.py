@@ -7,10 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hardware.devices import has_antialiased_bicubic
 from .config import BLOCK_TOKENS, TIME_FREQUENCIES
 
 EPS = 1e-6  # every LayerNorm of the released model uses 1e-6, not torch's default 1e-5
 ROTARY_PERIOD = 1024  # token positions are taken modulo 1024 (positions repeat every 4096 px)
+
+
+def resize_bicubic(image: torch.Tensor, size) -> torch.Tensor:
+    """Antialiased bicubic resize (B, C, H, W) -> size; on the CPU where the device has no such kernel
+    (MPS before torch 2.8), then back."""
+    if not has_antialiased_bicubic(image.device):
+        return resize_bicubic(image.cpu(), size).to(image.device)
+    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ model.py/attention.py and checked against benchmarks/memory.py (4 layers, hidden
 peak RSS of one evaluation, 256..4096 px, block batch 1, 4 and the whole image: within 3.3%, with the
 ring frontier; see benchmarks/results/memory_fp32.txt).
 Attention goes through F.scaled_dot_product_attention, whose fused kernels (CPU flash, CUDA
-flash / memory-efficient) never hold the T x 4T score matrix, so no score term is counted.
+flash / memory-efficient, XPU) never hold the T x 4T score matrix; where the device has none for the
+dtype (MPS, older AMD cards, bf16 on pre-Ampere CUDA: `attention_path` "math") the float32 scores and
+their softmax are counted, for the block attention and the layer-0 cross-attention alike.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 
 from ..network.attention import chosen_kernel, resolve_variant
 from ..network.config import LR_WINDOW, InfDiTConfig
+from ..hardware import devices
 from ..hardware.host import pinned_bytes
 from ..hardware.precision import native_bf16
 from .options import BlockOptions
@@ -155,34 +158,39 @@ def estimate_peak_bytes(
     if offload_frontier and plan.groups > 1:  # cached blocks fetched (k and v): this layer's and the next's
         attention += 2 * 2 * plan.cached_reads
     cross = (_CROSS_TENSORS + _CROSS_WINDOW_TENSORS * window) * n
+    if path == "math":  # the cross-attention's float32 scores and softmax too: heads x T x 2304 per block
+        cross += 2 * config.heads * LR_WINDOW**2 * 4 / (c * el) * n
     mlp = _MLP_TENSORS * n + carried
     rope = 2 * n * t * config.head_dim * 4  # cos/sin tables, float32
     activations = int((max(attention, cross, mlp) + _WORKSPACE_TENSORS * n) * per_block) + rope
     full_images = image_buffers * batch * 3 * rows * bs * cols * bs * 4
     group_images = _GROUP_IMAGE_TENSORS * n * batch * 3 * bs * bs * 4
     images = group_images if images_on_host else full_images
-    on_cuda = device is not None and torch.device(device).type == "cuda"
+    pinned = device is not None and devices.traits(device).pinned_memory
     host_frontier = cached
-    if on_cuda and cached:  # one pinned ring per layer and tensor, each rounded up to a power of two
+    if pinned and cached:  # one pinned ring per layer and tensor, each rounded up to a power of two
         slots = cached // per_block_kv
         ring = slots * batch * t * c * (1 if float8_frontier else el)
         host_frontier = 2 * config.layers * (pinned_bytes(ring) + (pinned_bytes(slots * batch * 4) if float8_frontier else 0))
     host = (full_images if images_on_host else 0) + (host_frontier if offload_frontier else 0)
-    if images_on_host and on_cuda:  # two pinned staging buffers: a group's x and u blocks in, D out, LR windows
+    if images_on_host and pinned:  # two pinned staging buffers: a group's x and u blocks in, D out, LR windows
         host += 2 * pinned_bytes(3 * group_images // _GROUP_IMAGE_TENSORS + n * batch * 3 * 9 * t * 4)
     return MemoryEstimate(weights, frontier, activations, images, host)
 
 
 def attention_path(device, dtype) -> str:
     """How the block attention will run on `device` in `dtype`: "lse_merge" (fused calls per key group),
-    "concat" (the groups copied, one fused call) or "math" (copied, and no fused kernel for this dtype:
-    SDPA's math path, which holds the score matrix). None or a CPU: "lse_merge"."""
-    if device is None or torch.device(device).type != "cuda":
+    "concat" (the groups copied, one fused call) or "math" (copied, and no fused kernel for this device or
+    dtype: SDPA's math path, which holds the score matrix: MPS, older AMD cards, bf16 on pre-Ampere CUDA).
+    None or a CPU: "lse_merge"."""
+    if device is None or torch.device(device).type == "cpu":
         return "lse_merge"
     variant = resolve_variant(None, device)
     if variant in ("lse_merge", "cudnn") and chosen_kernel(device, dtype, variant == "cudnn") != "concat":
         return "lse_merge"
-    fused = dtype in (torch.float16, torch.float32) or native_bf16(device)
+    if not devices.traits(device).fused_attention:
+        return "math"
+    fused = torch.device(device).type != "cuda" or dtype in (torch.float16, torch.float32) or native_bf16(device)
     return "concat" if fused else "math"
 
 
@@ -202,15 +210,29 @@ def attention_path(device, dtype) -> str:
 #   With the frontier offloaded the host link sets the pace instead: a group fetches the line of blocks
 #   above it once per layer, so the bytes per block fall with the group's length (16 blocks: ~160 MB per
 #   block and evaluation over PCIe; 64 = two lines of a 4096 px image: ~75 MB): there the cap is 64.
-FASTEST_BLOCK_BATCH = {"cpu": 1, "cuda": 16}
-OFFLOADED_CUDA_BLOCK_BATCH = 64
+# - ROCm and XPU: CUDA's figures (the same reasoning: launch cost against GPU work per block), unmeasured.
+# - MPS: 4. Its attention runs on the math path, holding float32 scores and their softmax, 512 MiB a block
+#   at the released shapes, so memory grows fast with the group, and one block's 1,024 query rows already
+#   fill the GPU's matmuls; at 4 the score tensor is 1 GiB, far from MPS's 4 GiB per-tensor abort.
+# The caps live in hardware/devices.py (one record per kind of device).
 
 
-def fastest_block_batch(device=None) -> int | None:
-    """The block batch past which a larger one is no faster on this kind of device, or None: unknown."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return FASTEST_BLOCK_BATCH.get(torch.device(device).type)
+def fastest_block_batch(device=None, offloaded: bool = False) -> int:
+    """The block batch past which a larger one is no faster on this kind of device (None: the default one)."""
+    kind = devices.traits(devices.default_device() if device is None else device)
+    return kind.offloaded_block_batch_cap if offloaded else kind.block_batch_cap
+
+
+def tensor_limit_block_batch(config: InfDiTConfig, device, dtype: torch.dtype = torch.bfloat16, batch: int = 1) -> int | None:
+    """The largest block batch whose biggest tensor the device can make (MPS: under 4 GiB), None: no limit.
+    On the math path that tensor is the block attention's float32 scores, heads x T x 4T per block and image."""
+    limit = devices.traits(device).max_tensor_bytes if device is not None else None
+    if limit is None:
+        return None
+    t = config.block_tokens
+    per_block = batch * max(config.heads * t * 4 * t * 4 if attention_path(device, dtype) == "math" else 0,
+                            4 * t * config.hidden * torch.finfo(dtype).bits // 8)  # else the MLP's 4C-wide hidden
+    return max(1, (limit - 1) // per_block)
 
 
 def choose_block_batch(
@@ -232,20 +254,16 @@ def choose_block_batch(
     are not read: the walk (frontier, float8, scan, where the images live) is."""
     bs = config.block_size
     total = -(-out_height // bs) * -(-out_width // bs)
-    cap = fastest_block_batch(device)
-    if cap is not None and blocks.offload_frontier and cap > 1:
-        cap = OFFLOADED_CUDA_BLOCK_BATCH
+    cap = fastest_block_batch(device, blocks.offload_frontier)
+    largest = tensor_limit_block_batch(config, device, dtype, batch) or total
 
     def estimate(n: int) -> int:
         return estimate_peak_bytes(config, out_height, out_width, n, dtype, blocks, batch, include_clip, image_buffers,
                                    device).total
 
-    if cap is None:
-        return largest_fitting_block_batch(config, out_height, out_width, budget_bytes, dtype, blocks, batch,
-                                           include_clip, image_buffers, device)
-    fitting = [(n, e) for n in range(1, min(cap, total) + 1) if (e := estimate(n)) <= budget_bytes]
+    fitting = [(n, e) for n in range(1, min(cap, total, largest) + 1) if (e := estimate(n)) <= budget_bytes]
     best, best_bytes = fitting[-1] if fitting else (1, estimate(1))
-    if total > best and cap > 1 and estimate(total) <= min(budget_bytes, best_bytes):
+    if best < total <= largest and cap > 1 and estimate(total) <= min(budget_bytes, best_bytes):
         return total
     return best
 
@@ -289,19 +307,8 @@ def largest_fitting_block_batch(
 
 
 def free_device_memory(device) -> int:
-    """Free memory on `device` in bytes (CUDA: free + torch's reusable cache; CPU: MemAvailable)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 1024**3  # unknown platform: assume a modest machine
+    """Free memory on `device` in bytes, from its backend (torch.cuda, torch.xpu, torch.mps; the CPU: psutil)."""
+    return devices.free_memory(device)
 
 
 def default_budget(device, free: int | None = None) -> int:

@@ -10,17 +10,21 @@ model's detail, since a plain copy would make the node silently do nothing.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, replace
 
 import torch
 
+from ..hardware.devices import traits
 from .options import BlockOptions
 from .memory import (
     DEFAULT_IMAGE_BUFFERS, MemoryEstimate, choose_block_batch, default_budget, dit_parameters, estimate_peak_bytes,
-    free_device_memory,
+    free_device_memory, tensor_limit_block_batch,
 )
+
+log = logging.getLogger("inf_dit")
 
 MAX_FACTOR = 16
 GIB = 1024**3
@@ -189,7 +193,7 @@ def _plan(config, height, width, out, native, blocks: BlockOptions, dtype, inclu
     passes, h, w = [], height, width
     for s in native:
         on_host = blocks.images == "host"
-        if blocks.images == "auto" and device is not None and torch.device(device).type != "cpu" and budget is not None:
+        if blocks.images == "auto" and device is not None and not traits(device).unified_memory and budget is not None:
             on_host = _plan_pass(config, s, h, w, replace(blocks, block_batch=1, images="device"), dtype, include_clip,
                                  batch, device, image_buffers).estimate.total > budget
         passes.append(_plan_pass(config, s, h, w, replace(blocks, images="host" if on_host else "device"), dtype,
@@ -220,6 +224,11 @@ def _plan_pass(config, s, h, w, blocks: BlockOptions, dtype, include_clip, batch
                                image_buffers)
     else:
         n = blocks.block_batch
+        largest = tensor_limit_block_batch(config, device, dtype, batch)
+        if largest is not None and n > min(largest, grid[0] * grid[1]):
+            log.warning("Inf-DiT: block batch %d would make tensors larger than %s can hold; using %d", n,
+                        torch.device(device).type, largest)
+            n = largest
     est = estimate_peak_bytes(config, out_h, out_w, n, dtype, blocks, batch, include_clip, image_buffers, device)
     return PassPlan(s, (h, w), grid, min(n, grid[0] * grid[1]), est, blocks.images_on_host)
 
@@ -263,7 +272,8 @@ def model_budget(model, free: int | None = None) -> int:
 
 def host_bytes(plan: RunPlan, compute_on_cpu: bool) -> int:
     """Host memory the run needs at its peak, beyond what is already allocated (the weights): the
-    host-held images and offloaded frontier; with a CPU model the device figure is host memory too."""
+    host-held images and offloaded frontier; with `compute_on_cpu` (a CPU, or a GPU that shares the
+    host's RAM: Apple silicon) the device figure is host memory too, one budget."""
     need = 0
     for p in plan.passes:
         e = p.estimate
@@ -285,7 +295,7 @@ def check_host_memory(plan: RunPlan, compute_on_cpu: bool, available: int | None
     if plan.offload_frontier:
         parts.append("offloaded frontier")
     if compute_on_cpu:
-        parts.append("the CPU run itself")
+        parts.append("the run itself (its device shares the host's memory)")
     ratio = math.sqrt(available / need) if need else 1
     fits_h, fits_w = max(h, int(oh * ratio)), max(w, int(ow * ratio))
     hints = [f"a target of at most about {fits_w}x{fits_h}"] if (fits_h, fits_w) != (h, w) else []

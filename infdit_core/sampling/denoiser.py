@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..network.frontier import KeyValueStore
+from ..hardware.devices import traits
 from ..hardware.host import PinnedStaging
 from ..network.model import BlockGroup
 from .sampler import BlockGroupDone
@@ -59,7 +60,7 @@ class BlockwiseDenoiser:
             slots=plan.frontier_span(), float8=self.float8,
         )
         out = full_size_like(x)  # where x lives: the device, or the host for huge outputs
-        staging = PinnedStaging(model.device) if x.device.type == "cpu" and model.device.type == "cuda" else None
+        staging = PinnedStaging(model.device) if x.device.type == "cpu" and traits(model.device).pinned_memory else None
         try:
             for g, (blocks, release) in enumerate(zip(self._groups(staging), plan.release_after)):
                 if staging is not None:

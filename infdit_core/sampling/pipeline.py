@@ -10,8 +10,10 @@ from . import solvers
 from ..network.clip import clip_vector
 from .color import apply_color_fix, check_color_fix
 from ..network.compiled import compiled
+from ..network.layers import resize_bicubic
 from .denoiser import BlockwiseDenoiser
 from ..planning.memory import DEFAULT_IMAGE_BUFFERS, choose_block_batch, image_buffers
+from ..hardware.devices import check_float8_frontier, traits
 from ..hardware.host import release_host_cache
 from ..planning.options import BlockOptions
 from ..planning.plan import check_host_memory, model_budget, plan_run
@@ -27,7 +29,7 @@ MAX_SCHEDULE = 100_000  # longest Karras schedule denoise may ask for (steps / d
 def upsample(image: torch.Tensor, size) -> torch.Tensor:
     """Bicubic with antialias=True: torch's antialiased kernel is the a=-0.5 cubic of PIL/torchvision,
     which the release used even when upsampling (the plain path uses a=-0.75 and differs by up to 17%)."""
-    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return resize_bicubic(image, size)
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -110,6 +112,7 @@ def sample(
     if sigmas is not None:
         steps = len(solvers.check_sigmas(sigmas)) - 1
     _check_inputs(model, lr, scale, steps, noise, compile)
+    check_float8_frontier(model.device, float8_frontier)
     solver, evaluations = _resolve_sampler(sampler, steps, evaluations)
     _check_denoise(denoise, sigmas, steps)
     check_color_fix(color_fix)
@@ -212,7 +215,7 @@ def run_plan(model, lr: torch.Tensor, plan, sampling: SamplingOptions = Sampling
         raise ValueError(f"the plan is for a {plan.in_size[1]}x{plan.in_size[0]} input, got {lr.shape[-1]}x{lr.shape[-2]}")
     if noise is not None and len(plan.passes) > 1:
         raise ValueError("noise can only be given for a single-pass run (scale 2 or 4)")
-    check_host_memory(plan, model.device.type == "cpu")
+    check_host_memory(plan, traits(model.device).unified_memory)
     # One native pass: sample() fixes colour against its own bicubic image. Several passes (or a last
     # resize): fix once at the end, against the bicubic upscale of the original input.
     color_fix = check_color_fix(sampling.color_fix)
@@ -231,7 +234,7 @@ def run_plan(model, lr: torch.Tensor, plan, sampling: SamplingOptions = Sampling
             if k + 1 < len(plan.passes):
                 x = x.clamp(-1, 1)  # the next pass reads an image; its LR must stay in range
     finally:
-        if model.device.type == "cuda":
+        if traits(model.device).pinned_memory:
             release_host_cache()  # pinned staging and frontier blocks back to the system
     if plan.resize:
         x = upsample(x.float(), plan.out_size).clamp(-1, 1)
@@ -252,7 +255,9 @@ def plan_for(model, height: int, width: int, batch: int = 1, target: dict | None
              free: int | None = None):
     """The RunPlan `upscale_image` follows for this model and input size. device: where it will run (None:
     where the model is); a budget of None: `free` bytes (None: the device's free memory now), less a
-    margin, with the model's weights counted once."""
+    margin, with the model's weights counted once. A device that cannot run these settings is refused here,
+    before anything is loaded or computed."""
+    check_float8_frontier(model.device if device is None else device, blocks.float8_frontier)
     if blocks.memory_budget is None:
         blocks = dataclasses.replace(blocks, memory_budget=model_budget(model, free))
     return plan_run(model.config, height, width, target, blocks, model.dtype, model.clip is not None, batch,

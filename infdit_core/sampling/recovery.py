@@ -11,7 +11,8 @@ import torch
 from ..planning.options import BlockOptions
 from ..planning.plan import GIB, RunPlan, fallback, smallest_fitting
 from .options import SamplingOptions
-from ..hardware.precision import native_bf16
+from ..hardware import devices
+from ..hardware.precision import auto_dtype
 
 log = logging.getLogger("inf_dit")
 
@@ -21,13 +22,13 @@ class InfDiTOutOfMemory(RuntimeError):
 
 
 def empty_device_cache(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
+    devices.empty_cache(device)
 
 
 def run_with_recovery(run, plan: RunPlan, config, dtype, include_clip: bool, device, *, free_memory=None,
-                      empty_cache=None, oom_errors=(torch.OutOfMemoryError,), on_retry=None):
-    """run(plan) -> result, retried with `plan.fallback` steps after out-of-memory errors.
+                      empty_cache=None, oom_errors=(), on_retry=None):
+    """run(plan) -> result, retried with `plan.fallback` steps after out-of-memory errors: every backend's
+    (`devices.is_out_of_memory`: MPS raises a plain RuntimeError) and any of `oom_errors` (ComfyUI's).
 
     Returns (result, the plan that ran). free_memory(device) -> bytes and empty_cache() default to torch's
     (the node passes ComfyUI's). on_retry(old_plan, new_plan) is told of each retry."""
@@ -38,8 +39,10 @@ def run_with_recovery(run, plan: RunPlan, config, dtype, include_clip: bool, dev
     while True:
         try:
             return run(plan), plan
-        except oom_errors:
-            pass  # leave the except block first, so the traceback's tensors can be freed
+        except Exception as e:
+            if not (devices.is_out_of_memory(e) or isinstance(e, tuple(oom_errors))):
+                raise
+        # here, out of the except block, the traceback's tensors can be freed
         empty_cache()
         retry = fallback(plan, config, dtype, include_clip)
         if retry is None:
@@ -72,10 +75,8 @@ def _smaller_precision(dtype, device) -> str | None:
     """A 16-bit precision this device multiplies natively, if the model is not in one already."""
     if dtype != torch.float32:
         return None
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if native_bf16(device) else "fp16"
-    return "bf16"
+    native = auto_dtype(device)
+    return "fp16" if native == torch.float16 else "bf16"  # a CPU without bf16 units: still half the memory
 
 
 def upscale_with_recovery(model, image: torch.Tensor, target: dict | None = None, blocks: BlockOptions = BlockOptions(),

@@ -157,7 +157,7 @@ _AB_EQUAL = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59
 def _multistep(model, x, sigmas, extra_args, callback, max_order, weights):
     """x += sum(w_j * d_j) over the newest derivatives, w = weights(i, levels, order) (newest first)."""
     extra_args = extra_args or {}
-    levels = [float(s) for s in sigmas.double()]
+    levels = [float(s) for s in sigmas.detach().cpu().double()]  # float64 on the host: MPS and Arc have none
     history = []  # derivatives of previous steps, newest first
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i]
@@ -260,7 +260,7 @@ def check_sigmas(sigmas) -> torch.Tensor:
         raise ValueError(f"sigmas must be a 1-D tensor of noise levels ending in 0, got {type(sigmas).__name__}")
     if sigmas.dim() != 1 or len(sigmas) < 2:
         raise ValueError(f"sigmas must be a 1-D tensor with at least 2 entries (noise levels, then 0), got shape {tuple(sigmas.shape)}")
-    s = sigmas.detach().double().cpu()
+    s = sigmas.detach().cpu().double()  # on the host: MPS and Arc have no float64
     if not torch.isfinite(s).all():
         raise ValueError("sigmas contains NaN or infinite values")
     if (s < 0).any():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..hardware.devices import check_device, default_device
 from ..hardware.precision import auto_dtype
 
 from ..checkpoints.checkpoint import save_model
@@ -71,8 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--save-every", type=int, default=250)
     t.add_argument("--log-every", type=int, default=25)
     t.add_argument("--threads", type=int, default=None)
-    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    t.add_argument("--autocast", choices=("auto", "bf16", "none"), default="auto", help="auto: bf16 on CUDA cards that multiply it natively (compute capability 8.0+), else none")
+    t.add_argument("--device", default=None, help="cuda (NVIDIA or AMD), xpu (Intel), mps (Apple) or cpu; default: the "
+                   "first of these this machine has")
+    t.add_argument("--autocast", choices=("auto", "bf16", "none"), default="auto",
+                   help="auto: bf16 on GPUs that multiply it natively (NVIDIA sm80+, AMD CDNA2/RDNA3+, Intel), else none")
 
 
 def noise_options(args) -> dict:
@@ -130,7 +133,7 @@ def train(args) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = check_device(args.device) if args.device else default_device()
     block = 128
     if args.crop < 2 * block or args.crop % block:
         raise SystemExit(f"--crop must be a multiple of {block} and at least {2 * block} (2x2 blocks), got {args.crop}")
@@ -164,7 +167,7 @@ def train(args) -> Path:
     paths = folder_image_paths(args.images) if args.images else default_image_paths("train")
     sampler = CropSampler([load_rgb(p) for p in paths], args.crop)
     # auto: bf16 only where the card has it natively (precision.auto_dtype); fp16 training would need loss scaling
-    use_autocast = args.autocast == "bf16" or (args.autocast == "auto" and device.type == "cuda"
+    use_autocast = args.autocast == "bf16" or (args.autocast == "auto" and device.type in ("cuda", "xpu")
                                                 and auto_dtype(device) == torch.bfloat16)
     n_params = sum(p.numel() for p in params)
     print(f"training {n_params / 1e6:.2f} M parameters, {model.config}, on {len(sampler.images)} images, {device}", file=sys.stderr)

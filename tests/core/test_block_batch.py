@@ -27,13 +27,13 @@ def test_auto_respects_the_budget(device, size, budget_gib, offload):
 
 
 def test_cpu_takes_one_block_and_the_gpu_stops_at_its_cap():
-    """CUDA: the largest block batch up to FASTEST_BLOCK_BATCH["cuda"] that fits; past it groups cut no
+    """CUDA: the largest block batch up to its cap (hardware/devices.py) that fits; past it groups cut no
     kernel launches per block, they only take memory."""
     args = (RELEASED, 2048, 2048, 24 * GIB, torch.bfloat16)
     largest = largest_fitting_block_batch(*args)
-    assert largest > memory.FASTEST_BLOCK_BATCH["cuda"]
-    assert choose_block_batch(*args, device="cpu") == memory.FASTEST_BLOCK_BATCH["cpu"] == 1
-    assert choose_block_batch(*args, device="cuda") == memory.FASTEST_BLOCK_BATCH["cuda"] == 16
+    assert largest > memory.fastest_block_batch("cuda")
+    assert choose_block_batch(*args, device="cpu") == memory.fastest_block_batch("cpu") == 1
+    assert choose_block_batch(*args, device="cuda") == memory.fastest_block_batch("cuda") == 16
     small = (RELEASED, 1024, 1024, 24 * GIB, torch.bfloat16)  # 8 x 8 blocks: more than the cap fit
     assert choose_block_batch(*small, device="cuda") == 16
 
