@@ -16,6 +16,15 @@ PREVIEWS_PER_SECOND = 4  # ComfyUI shows the latest one; more only costs copies 
 EVENT = "inf_dit.blocks"  # websocket event name web/ listens to
 
 
+def preview_cell(block_size: int, blocks_across: int) -> int:
+    """Pixels per block in the preview: the largest divisor of the block size that keeps the preview within
+    PREVIEW_SIDE (at least 4 px where the block allows). A divisor makes the area resize an exact average of
+    whole pixel squares, which every backend runs (MPS's needs sizes that divide: 640, 768, 1280 px outputs
+    crashed it)."""
+    target = max(min(4, block_size), PREVIEW_SIDE // blocks_across)
+    return max(d for d in range(1, block_size + 1) if block_size % d == 0 and d <= target)
+
+
 class BlockTracker:
     """State of one image's run. `plan` is the core's BlockPlan (the same one the sampler follows)."""
 
@@ -23,7 +32,7 @@ class BlockTracker:
         self.plan, self.evaluations, self.image, self.images = plan, evaluations, image, images
         self.rows, self.cols = plan.grid
         self.groups = len(plan.groups)
-        self.cell = max(4, min(block_size, PREVIEW_SIDE // max(self.rows, self.cols)))
+        self.cell = preview_cell(block_size, max(self.rows, self.cols))
         # Grey until a block is done; cropped to the real (unpadded) output on the way out. Made on the
         # device of the first blocks.
         self.canvas = None
