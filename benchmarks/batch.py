@@ -44,7 +44,7 @@ def run_variant(cmd: list[str], threads: int, report: Path) -> tuple[float, floa
     wall = time.perf_counter() - t0
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    summary = json.loads(report.read_text())
+    summary = json.loads(report.read_text(encoding="utf-8"))
     return wall, summary["seconds"], summary["images"]
 
 

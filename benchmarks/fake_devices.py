@@ -14,6 +14,8 @@ each call against the backend's rules:
 - a tensor over 4 GiB on MPS aborts the process there (torch #149325): raised as `EmulatedAbort`;
 - non-blocking copies between the device and pageable host memory are recorded (unsafe on MPS, #189690);
 - antialiased bicubic has no MPS kernel before torch 2.8 (PR #149378) when `torch_before_2_8`.
+`windows_file_rules` applies Windows' file rules on this machine: no deleting or replacing a file that is
+memory-mapped or open, no names Windows refuses.
 This CUDA build of torch has no device guard for mps/xpu, so the few Python bindings that open one
 (indexing, copy_, to, contiguous, value reads, numpy) are rerouted to plain aten calls for fake tensors.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import os
 import sys
 import types
 from collections import Counter
@@ -481,3 +484,114 @@ def fake_rocm(arch: str = "gfx1100", memory: int = 24 * 10**9):
         finally:
             _clear_attention_caches()
     assert torch.ops.aten._scaled_dot_product_cudnn_attention is original_cudnn
+
+
+# ----------------------------------------------------------------------------------- Windows file rules
+
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def windows_name_problem(path) -> str | None:
+    """Why Windows would refuse this file name, or None (reserved characters, device names, a trailing dot
+    or space)."""
+    name = os.path.basename(os.fspath(path))
+    if any(c in name for c in '<>:"|?*') or any(ord(c) < 32 for c in name):
+        return f"{name!r} holds a character Windows forbids in file names"
+    if name.split(".")[0].upper() in _WINDOWS_RESERVED:
+        return f"{name!r} is a reserved device name on Windows"
+    if name.endswith((".", " ")):
+        return f"{name!r} ends in a dot or space, which Windows drops"
+    return None
+
+
+@contextlib.contextmanager
+def windows_file_rules():
+    """The pack's file handling under Windows rules, on this machine: a file that is memory-mapped by a live
+    torch.load(mmap=True) tensor, or open in this process, cannot be deleted, replaced or renamed over
+    (WinError 32); a name Windows refuses cannot be created or renamed to (WinError 123). Yields the
+    list of refusals."""
+    import weakref
+
+    refusals: list[str] = []
+    mapped: dict[str, weakref.WeakSet] = {}
+    opened: dict[str, int] = Counter()
+    real_load, real_open = torch.load, builtins.open
+    real_unlink, real_remove, real_replace, real_rename = os.unlink, os.remove, os.replace, os.rename
+
+    def key(path) -> str:
+        return os.path.realpath(os.fspath(path))
+
+    def in_use(path) -> bool:
+        k = key(path)
+        return opened[k] > 0 or any(True for _ in mapped.get(k, ()))
+
+    def refuse(code: int, text: str, path):
+        refusals.append(text)
+        raise PermissionError(13, f"[WinError {code}] {text}", os.fspath(path))
+
+    def load(f, *a, **k):
+        obj = real_load(f, *a, **k)
+        if k.get("mmap") and isinstance(f, (str, os.PathLike)):
+            tensors = mapped.setdefault(key(f), weakref.WeakSet())
+            for t in (obj.values() if isinstance(obj, dict) else []):
+                for leaf in (t.values() if isinstance(t, dict) else [t]):
+                    if isinstance(leaf, torch.Tensor):
+                        tensors.add(leaf)
+        return obj
+
+    class TrackedFile:
+        def __init__(self, file, path):
+            self._file, self._key = file, key(path)
+            opened[self._key] += 1
+
+        def close(self):
+            if self._key is not None:
+                opened[self._key] -= 1
+                self._key = None
+            return self._file.close()
+
+        def __enter__(self):
+            self._file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            self.close()
+
+        def __getattr__(self, name):
+            return getattr(self._file, name)
+
+        def __iter__(self):
+            return iter(self._file)
+
+    def guarded_open(file, mode="r", *a, **k):
+        if isinstance(file, (str, os.PathLike)) and any(m in mode for m in "wax"):
+            problem = windows_name_problem(file)
+            if problem:
+                refusals.append(problem)
+                raise OSError(22, f"[WinError 123] {problem}", os.fspath(file))
+        handle = real_open(file, mode, *a, **k)
+        return TrackedFile(handle, file) if isinstance(file, (str, os.PathLike)) else handle
+
+    def unlink(path, *a, **k):
+        if in_use(path):
+            refuse(32, "The process cannot access the file because it is being used by another process", path)
+        return real_unlink(path, *a, **k)
+
+    def replace(src, dst, *a, **k):
+        problem = windows_name_problem(dst)
+        if problem:
+            refusals.append(problem)
+            raise OSError(22, f"[WinError 123] {problem}", os.fspath(dst))
+        for p in (src, dst):
+            if os.path.exists(p) and in_use(p):
+                refuse(5, "Access is denied", p)
+        return real_replace(src, dst, *a, **k)
+
+    with _patched() as patch:
+        patch(torch, "load", load)
+        patch(builtins, "open", guarded_open)
+        patch(os, "unlink", unlink)
+        patch(os, "remove", unlink)
+        patch(os, "replace", replace)
+        patch(os, "rename", replace)
+        yield refusals

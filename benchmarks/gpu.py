@@ -264,8 +264,8 @@ def main(argv=None) -> int:
     table = markdown(report)
     print(table)
     tag = re.sub(r"[^A-Za-z0-9]+", "-", device_name).strip("-").lower()
-    (out_dir / f"gpu_{tag}.json").write_text(json.dumps(report, indent=1))
-    (out_dir / f"gpu_{tag}.md").write_text(table)
+    (out_dir / f"gpu_{tag}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    (out_dir / f"gpu_{tag}.md").write_text(table, encoding="utf-8")
     print(f"wrote {out_dir / f'gpu_{tag}.json'} and .md", file=sys.stderr)
     return 0
 

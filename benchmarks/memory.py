@@ -53,7 +53,7 @@ def header() -> str:
 
     cpu = platform.processor() or "unknown CPU"
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
@@ -64,7 +64,7 @@ def header() -> str:
 
 
 def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status", encoding="utf-8") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
@@ -116,7 +116,7 @@ def child(spec: dict) -> dict:
             torch.cuda.reset_peak_memory_stats()
         else:
             base = _status("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
+            with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
                 f.write("5")  # resets VmHWM to the current RSS
         t0 = time.perf_counter()
         groups_run = None
@@ -243,7 +243,7 @@ def main() -> None:
         return
     print(header())
     if args.report:
-        report([json.loads(line) for line in open(args.report) if line.strip()])
+        report([json.loads(line) for line in open(args.report, encoding="utf-8") if line.strip()])
         return
     rows = []
     for spec in points(args.quick, args.dtype, args.series, args.modes):
@@ -254,7 +254,7 @@ def main() -> None:
             r = run_point(spec)
         print(json.dumps(r), file=sys.stderr, flush=True)  # progress
         if args.out:
-            with open(args.out, "a") as f:
+            with open(args.out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(r) + "\n")
         rows.append(r)
     report(rows)

@@ -25,7 +25,7 @@ LABELS = {"whole": "whole image at once (the reference's full mode)", "n=1": "bl
 
 def memory_plot() -> Path:
     series: dict[str, list[tuple[int, float]]] = {}
-    for line in (RESULTS / "memory_fp32.txt").read_text().splitlines():
+    for line in (RESULTS / "memory_fp32.txt").read_text(encoding="utf-8").splitlines():
         m = re.match(r"width\s+(\d+)x(\d+)\s+(\S+)\s+([\d.]+)", line)
         if m:
             series.setdefault(m.group(3), []).append((int(m.group(2)), float(m.group(4))))
@@ -47,7 +47,7 @@ def memory_plot() -> Path:
 
 def speed_plot() -> Path:
     rows: dict[str, list[tuple[int, float]]] = {}
-    for line in (RESULTS / "speed_512_defaults.txt").read_text().splitlines():
+    for line in (RESULTS / "speed_512_defaults.txt").read_text(encoding="utf-8").splitlines():
         m = re.match(r"(float32|bfloat16)\s+(whole|n=\d+)\s+\d+\s+([\d.]+)", line)
         if m:
             n = 16 if m.group(2) == "whole" else int(m.group(2)[2:])  # 4 x 4 blocks: whole = 16 a group

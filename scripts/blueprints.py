@@ -60,9 +60,9 @@ def blueprint(name: str, description: str, workflow: dict) -> dict:
 
 def main() -> int:
     for stem, (name, description, source) in BLUEPRINTS.items():
-        workflow = json.loads((ROOT / "workflows" / source).read_text())
+        workflow = json.loads((ROOT / "workflows" / source).read_text(encoding="utf-8"))
         out = ROOT / "subgraphs" / f"{stem}.json"
-        out.write_text(json.dumps(blueprint(name, description, workflow), indent=1) + "\n")
+        out.write_text(json.dumps(blueprint(name, description, workflow), indent=1) + "\n", encoding="utf-8")
         print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

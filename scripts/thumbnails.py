@@ -51,7 +51,7 @@ def main() -> int:
     model = load_inf_dit(DEMO_MODEL_PATH)
     photo = Image.open(ROOT / "docs" / "images" / "chelsea_lr.png").convert("RGB")
     for path in sorted((ROOT / "workflows").glob("*.json")):
-        target = target_of(json.loads(path.read_text()))
+        target = target_of(json.loads(path.read_text(encoding="utf-8")))
         thumbnail(model, photo, target).save(path.with_suffix(".jpg"), quality=85)
         print(f"wrote {path.with_suffix('.jpg').name} ({target})", file=sys.stderr)
     return 0

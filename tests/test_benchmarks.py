@@ -19,7 +19,7 @@ def test_gpu_benchmark_tiny_runs_every_kind_of_setting_and_writes_json_and_markd
     gpu = load_script("gpu")
     settings = "auto,1,4:offload"  # compile=True itself is tested in core/test_compile.py (compiling costs ~30 s)
     assert gpu.main(["--tiny", "--out", str(tmp_path), "--settings", settings, "--peak-repeats", "2"]) == 0
-    report = json.loads((tmp_path / "gpu_cpu-tiny.json").read_text())
+    report = json.loads((tmp_path / "gpu_cpu-tiny.json").read_text(encoding="utf-8"))
     rows = {r["setting"]: r for r in report["results"]}
     assert list(rows) == ["auto", "1", "4 offload"] and not report["skipped"]
     assert report["blocks"] == 4 and report["flops_per_evaluation"] > 0 and report["matmul_peak_flops"] > 0
@@ -29,7 +29,7 @@ def test_gpu_benchmark_tiny_runs_every_kind_of_setting_and_writes_json_and_markd
         assert r["seconds_per_evaluation"] > 0 and r["tflops"] > 0 and 0 < r["share_of_peak"]
         assert r["estimate_bytes"] > 0 and r["peak_bytes"] is None  # no device memory counter on CPU
         assert abs(r["blocks_per_s"] * r["seconds_per_evaluation"] - 4) < 1e-6
-    table = (tmp_path / "gpu_cpu-tiny.md").read_text()
+    table = (tmp_path / "gpu_cpu-tiny.md").read_text(encoding="utf-8")
     variants = report["attention_variants"]
     assert [v["variant"] for v in variants] == ["lse_merge", "concat", "cudnn"]
     assert all(v["max_difference"] < 5e-2 for v in variants)  # equal within bf16 tolerance
@@ -42,5 +42,5 @@ def test_gpu_benchmark_stops_early_and_extrapolates(tmp_path):
     gpu = load_script("gpu")
     # 4 x 4 blocks at block batch 1: the frontier is full after 6 groups; timed: groups 2..8 of 16
     gpu.main(["--tiny", "--size", "128", "--out", str(tmp_path), "--settings", "1", "--peak-repeats", "1"])
-    (row,) = json.loads((tmp_path / "gpu_cpu-tiny.json").read_text())["results"]
+    (row,) = json.loads((tmp_path / "gpu_cpu-tiny.json").read_text(encoding="utf-8"))["results"]
     assert row["extrapolated"] and row["timed_groups"] == 7 and row["groups"] == 16

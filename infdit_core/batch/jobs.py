@@ -17,12 +17,17 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .images import IMAGE_SUFFIXES, LOSSLESS_SUFFIXES
 
 LIST_SUFFIX = ".txt"
+ON_WINDOWS = sys.platform == "win32"
+# What Windows refuses in a file name (the rules of its file systems, not of Python).
+WINDOWS_FORBIDDEN = set('<>:"|?*\\') | {chr(i) for i in range(32)}
+WINDOWS_DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,17 @@ def output_name(pattern: str, rel: PurePosixPath, fields: dict) -> PurePosixPath
     if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
         raise SystemExit(f"--name {pattern!r} must stay inside the output folder")
     check_lossless(out, hint=" (set it with --name)")
+    if ON_WINDOWS:
+        check_windows_name(name, pattern)
     return out
+
+
+def check_windows_name(name: str, pattern: str) -> None:
+    """A one-line SystemExit for an output name Windows cannot create."""
+    bad = sorted(set(name) & WINDOWS_FORBIDDEN)
+    if bad or PurePosixPath(name).name.split(".")[0].upper() in WINDOWS_DEVICE_NAMES or name.endswith((".", " ")):
+        what = f"the characters {''.join(bad)!r}" if bad else "a device name or a trailing dot or space"
+        raise SystemExit(f"--name {pattern!r} gives {name!r}, which Windows cannot create ({what}): change the pattern")
 
 
 def check_lossless(path, hint: str = "") -> None:

@@ -241,7 +241,7 @@ def _write_report(path: Path, gathered, plan, failed) -> None:
         "written": written,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8"))
 
 
 def _out_of_memory():

@@ -9,14 +9,19 @@ nothing. The only network access of the whole pack, and only when asked for.
 """
 from __future__ import annotations
 
+import gc
+import logging
 import shutil
 import time
+import traceback
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..network.config import InfDiTConfig
 from .checkpoint import CheckpointError, convert, read_state_dict, split_state
+
+log = logging.getLogger("inf_dit")
 
 OFFICIAL_URL = "https://cloud.tsinghua.edu.cn/f/6e313f7e1236468e973b/?dl=1"  # from the reference's README
 OUTPUT_NAME = "inf-dit.safetensors"
@@ -63,14 +68,27 @@ def download(folder=None, url: str = OFFICIAL_URL, keep_pt: bool = False, progre
         _check_and_convert(pt, output, expected_config or InfDiTConfig.released())
     except (ResumableDownloadError, KeyboardInterrupt):
         raise  # the partial file stays for the next run to resume
-    except BaseException:  # not the checkpoint: nothing of it is left behind
-        for leftover in (partial, pt):
-            if leftover.exists():
-                leftover.unlink()
+    except BaseException as error:  # not the checkpoint: nothing of it is left behind
+        _remove_leftovers(error, (partial, pt))
         raise
     if not keep_pt:
         pt.unlink()
     return output
+
+
+def _remove_leftovers(error: BaseException, paths) -> None:
+    """Delete what a failed download left, without hiding `error`. Windows refuses to delete a file that is
+    still memory-mapped, and the checkpoint's tensors stay alive in the frames of the error's traceback,
+    so those frames are cleared first; a file that still cannot go is named in a note on the error."""
+    traceback.clear_frames(error.__traceback__)
+    gc.collect()
+    for leftover in paths:
+        try:
+            leftover.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("Inf-DiT: could not delete %s (%s): delete it by hand", leftover, e)
+            if hasattr(error, "add_note"):
+                error.add_note(f"{leftover} could not be deleted ({e}): delete it by hand")
 
 
 def _fetch(url: str, partial: Path, progress: bool) -> None:

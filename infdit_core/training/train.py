@@ -173,7 +173,7 @@ def train(args) -> Path:
     print(f"training {n_params / 1e6:.2f} M parameters, {model.config}, on {len(sampler.images)} images, {device}", file=sys.stderr)
 
     log_new = not (out / LOG_FILE).exists() or not args.resume
-    log = open(out / LOG_FILE, "w" if log_new else "a", newline="")
+    log = open(out / LOG_FILE, "w" if log_new else "a", newline="", encoding="utf-8")
     writer = csv.writer(log)
     if log_new:
         writer.writerow(["step", "minutes", "loss", "lr"])

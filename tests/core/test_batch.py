@@ -47,7 +47,7 @@ def mixed_folder(tmp_path):
     full = png(tmp_path / "full.png", (16, 16), seed=4).read_bytes()
     (src / "truncated.png").write_bytes(full[: len(full) // 2])  # a valid header, then the data stops
     (src / "fake.png").write_bytes(b"this is not an image")
-    (src / "notes.txt").write_text("not an image, and not named like one: ignored\n")
+    (src / "notes.txt").write_text("not an image, and not named like one: ignored\n", encoding="utf-8")
     return src
 
 
@@ -69,13 +69,13 @@ def test_folder_of_mixed_images_then_a_resumed_run_skips_everything(tmp_path, mi
     err = capsys.readouterr().err
     assert "4 images upscaled" in err and "2 failed" in err
     assert "failed truncated.png: cannot read" in err and "failed fake.png: cannot read" in err
-    first = json.loads(report.read_text())
+    first = json.loads(report.read_text(encoding="utf-8"))
     assert first["images"] == 4 and sorted(f["rel"] for f in first["failed"]) == ["fake.png", "truncated.png"]
     assert first["seconds_per_image"] > 0 and first["megapixels_per_second"] > 0
 
     mtimes = {name: (out / name).stat().st_mtime_ns for name in EXPECTED}
     assert main(["upscale", str(mixed_folder), "-r", "-o", str(out), "--report", str(report), *DEMO]) == 1
-    second = json.loads(report.read_text())
+    second = json.loads(report.read_text(encoding="utf-8"))
     assert second["images"] == 0 and sorted(second["skipped"]) == sorted(
         ["wide.png", "gray.png", "sub/alpha.png", "sub/deeper/small.jpg"])
     assert {name: (out / name).stat().st_mtime_ns for name in EXPECTED} == mtimes
@@ -86,9 +86,9 @@ def test_overwrite_redoes_and_without_recursive_only_the_top_folder(tmp_path, mi
     out, report = tmp_path / "out", tmp_path / "report.json"
     png(out / "wide_x4.png", (3, 3))
     assert main(["upscale", str(mixed_folder), "-o", str(out), "--report", str(report), *tiny_args]) == 1
-    assert json.loads(report.read_text())["skipped"] == ["wide.png"]
+    assert json.loads(report.read_text(encoding="utf-8"))["skipped"] == ["wide.png"]
     assert main(["upscale", str(mixed_folder), "-o", str(out), "--overwrite", "--report", str(report), *tiny_args]) == 1
-    assert sorted(w["rel"] for w in json.loads(report.read_text())["written"]) == ["gray.png", "wide.png"]
+    assert sorted(w["rel"] for w in json.loads(report.read_text(encoding="utf-8"))["written"]) == ["gray.png", "wide.png"]
     with Image.open(out / "wide_x4.png") as im:
         assert im.size == (80, 28)
 
@@ -111,7 +111,7 @@ def test_list_file_and_glob_inputs(tmp_path, capsys, tiny_args):
         png(src / name, (8, 8), seed=len(name) + ord(name[0]))
     png(src / "day2" / "d.png", (8, 8), seed=9)
     listing = tmp_path / "todo.txt"
-    listing.write_text("# one path per line, relative to this file\nshots/a.png\n\nshots/day2/d.png\nshots/missing.png\n")
+    listing.write_text("# one path per line, relative to this file\nshots/a.png\n\nshots/day2/d.png\nshots/missing.png\n", encoding="utf-8")
     out = tmp_path / "from_list"
     assert main(["upscale", str(listing), "-o", str(out), "--scale", "2", "--name", "{stem}-{scale}x.{ext}", *tiny_args]) == 1
     assert all_files(out) == ["shots/a-2x.png", "shots/day2/d-2x.png"]

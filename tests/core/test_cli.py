@@ -91,7 +91,7 @@ def test_the_core_never_imports_comfyui():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     for path in (ROOT / "infdit_core").rglob("*.py"):
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         assert "import comfy" not in text and "folder_paths" not in text, path
 
 

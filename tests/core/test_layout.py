@@ -33,7 +33,7 @@ def test_the_top_level_is_small_and_the_rest_in_sub_packages():
 
 def _imports(path: Path):
     """(package imported, line) of every relative import of the core's own sub-packages in this file."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
             if node.level == 2 and node.module:
@@ -56,7 +56,7 @@ def test_every_import_runs_down_the_layers():
 def test_no_public_function_takes_more_than_ten_parameters():
     long = []
     for path in CORE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and node.name not in FRONT_DOORS:
                 a = node.args
                 count = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)

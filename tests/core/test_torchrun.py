@@ -68,7 +68,7 @@ def test_two_ranks_write_each_image_once_and_match_one_process(reference):
     result = run([*TORCHRUN, "-m", "infdit_core", *upscale_args(reference / "in", out, "--report", str(report))])
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_as_reference(reference, out)
-    ranks = json.loads(report.read_text())["ranks"]
+    ranks = json.loads(report.read_text(encoding="utf-8"))["ranks"]
     per_rank = [set(r["images"]) for r in ranks]
     assert [r["rank"] for r in ranks] == [0, 1] and all(per_rank)  # both ranks worked
     assert per_rank[0].isdisjoint(per_rank[1]) and per_rank[0] | per_rank[1] == set(IMAGES)
@@ -88,5 +88,5 @@ def test_a_killed_rank_resumes_under_max_restarts(reference):
                   *upscale_args(reference / "in", out, "--report", str(report))])
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_as_reference(reference, out)  # the half-written temporary of the killed rank is gone too
-    summary = json.loads(report.read_text())  # of the second attempt
+    summary = json.loads(report.read_text(encoding="utf-8"))  # of the second attempt
     assert len(summary["skipped"]) >= 1 and len(summary["skipped"]) + summary["images"] == len(IMAGES)

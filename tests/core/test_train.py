@@ -54,7 +54,7 @@ def test_a_few_steps_lower_the_loss(tmp_path, image_folder):
     after = tmp_path / "after"
     train(train_args(after, image_folder, "--steps", "12", "--lr", "2e-3", "--ema", "0"))
     assert fixed_loss(after / "model.safetensors", image_folder) < 0.9 * fixed_loss(before / "model.safetensors", image_folder)
-    log = (after / "train_log.csv").read_text().splitlines()
+    log = (after / "train_log.csv").read_text(encoding="utf-8").splitlines()
     assert log[0] == "step,minutes,loss,lr" and len(log) == 13
 
 

@@ -58,7 +58,7 @@ def server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("comfyui") / "server.log", "w")
+    log = open(tmp_path_factory.mktemp("comfyui") / "server.log", "w", encoding="utf-8")
     proc = subprocess.Popen(
         [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--disable-auto-launch"], cwd=root, stdout=log, stderr=subprocess.STDOUT)
@@ -98,7 +98,7 @@ def test_templates_and_web_extension_are_served(server):
 
 def run_workflow(server, name, image, model_name, **upscale_inputs):
     """Queue a shipped workflow with this input image and model; returns the saved image's size."""
-    workflow = json.loads((REPO / "workflows" / name).read_text())
+    workflow = json.loads((REPO / "workflows" / name).read_text(encoding="utf-8"))
     prompt = to_api(workflow, definitions(http(server + "/object_info")))
     for node in prompt.values():
         if node["class_type"] == "LoadImage":
@@ -134,7 +134,7 @@ def test_demo_model_x8_gives_exactly_eight_times_the_size(server):
 
 
 def test_demo_model_fits_a_1000_px_long_side(server):
-    workflow = json.loads((REPO / "workflows" / "fit_4k_long_side.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "fit_4k_long_side.json").read_text(encoding="utf-8"))
     assert next(n for n in workflow["nodes"] if n["type"] == "InfDiTUpscale")["widgets_values"][4] == "4096"
     size = run_workflow(server, "fit_4k_long_side.json", "infdit-test-64x48.png", "infdit-demo (bundled)", target="1000")
     assert size == (1000, 750)  # x4, x4, then resized down to the exact size
@@ -224,7 +224,7 @@ def test_upscale_offers_the_sampling_inputs(server):
 @pytest.mark.parametrize("name", ["load_image_infdit_x4", "infdit_x2_small_gpu"])
 def test_0_1_0_workflows_run_in_comfyui(server, name):
     """The workflows as 0.1.0 shipped them, sent the way 0.1.0 would (no key for any later input)."""
-    workflow = json.loads((REPO / "tests" / "fixtures" / "workflows-0.1.0" / f"{name}.json").read_text())
+    workflow = json.loads((REPO / "tests" / "fixtures" / "workflows-0.1.0" / f"{name}.json").read_text(encoding="utf-8"))
     prompt = to_api(workflow, definitions(http(server + "/object_info")))
     for node in prompt.values():
         if node["class_type"] == "LoadImage":
@@ -388,7 +388,7 @@ def test_every_comfyui_sampler(server):
 
 
 def test_ksampler_karras_workflow_runs(server):
-    workflow = json.loads((REPO / "workflows" / "infdit_x4_ksampler_karras.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "infdit_x4_ksampler_karras.json").read_text(encoding="utf-8"))
     prompt = to_api(workflow, definitions(http(server + "/object_info")))
     for node in prompt.values():
         if node["class_type"] == "LoadImage":

@@ -15,7 +15,7 @@ OLD = Path(__file__).resolve().parents[1] / "fixtures" / "workflows-0.1.0"
 
 @pytest.mark.parametrize("path", sorted(OLD.glob("*.json")), ids=lambda p: p.stem)
 def test_old_workflow_runs_with_the_same_meaning(tiny_handle, path):
-    prompt = to_api(json.loads(path.read_text()), definitions())
+    prompt = to_api(json.loads(path.read_text(encoding="utf-8")), definitions())
     inputs = next(n["inputs"] for n in prompt.values() if n["class_type"] == "InfDiTUpscale")
     assert inputs["scale"] in ("4", "2") and inputs["target"] == ""
     pic = torch.rand(1, 9, 7, 3, generator=torch.Generator().manual_seed(0))
@@ -28,13 +28,13 @@ FIXTURES = sorted(OLD.glob("*.json"))
 
 
 def upscale_inputs(path):
-    prompt = to_api(json.loads(path.read_text()), definitions())
+    prompt = to_api(json.loads(path.read_text(encoding="utf-8")), definitions())
     return next(n["inputs"] for n in prompt.values() if n["class_type"] == "InfDiTUpscale")
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
 def test_0_1_0_workflows_load_with_their_saved_values_and_new_defaults(path):
-    saved = next(n for n in json.loads(path.read_text())["nodes"] if n["type"] == "InfDiTUpscale")["widgets_values"]
+    saved = next(n for n in json.loads(path.read_text(encoding="utf-8"))["nodes"] if n["type"] == "InfDiTUpscale")["widgets_values"]
     inputs = upscale_inputs(path)
     # 0.1.0 saved [scale, steps, seed, control]: they keep their meaning; the widgets added later take their defaults
     assert [inputs["scale"], inputs["steps"], inputs["seed"]] == saved[:3]
@@ -48,7 +48,7 @@ def run_inf_dit_part(path, picture):
     from nodes import SPECS
 
     runs = {f().node_id: f().run for f in SPECS}
-    prompt = to_api(json.loads(path.read_text()), definitions())
+    prompt = to_api(json.loads(path.read_text(encoding="utf-8")), definitions())
     done = {}
 
     def value(node_id):

@@ -10,13 +10,13 @@ from nodes import block_size, load, upscale
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 ROOT = Path(__file__).resolve().parents[2]
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 SPECS = [load.spec(), block_size.spec(), upscale.spec()]
 
 
 def test_the_registry_fields_are_there():
     project, comfy = PYPROJECT["project"], PYPROJECT["tool"]["comfy"]
-    assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").lstrip().startswith("Apache License")
     assert project["license"] == {"file": "LICENSE"}
     assert "Environment :: GPU :: NVIDIA CUDA" in project["classifiers"]
     assert comfy.get("requires-comfyui", "").startswith(">=")
@@ -31,7 +31,7 @@ def test_the_registry_fields_are_there():
 @pytest.mark.parametrize("path", sorted((ROOT / "workflows").glob("*.json")), ids=lambda p: p.stem)
 def test_every_workflow_names_the_pack_and_has_a_thumbnail(path):
     """A user without the pack is offered to install it (cnr_id, ver); the template browser shows the .jpg."""
-    nodes = [n for n in json.loads(path.read_text())["nodes"] if str(n["type"]).startswith("InfDiT")]
+    nodes = [n for n in json.loads(path.read_text(encoding="utf-8"))["nodes"] if str(n["type"]).startswith("InfDiT")]
     assert nodes
     for node in nodes:
         assert node["properties"]["cnr_id"] == PYPROJECT["project"]["name"]
@@ -43,9 +43,9 @@ def test_every_workflow_names_the_pack_and_has_a_thumbnail(path):
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.node_id)
 def test_chinese_docs_and_display_names(spec):
     page = ROOT / "web" / "docs" / spec.node_id / "zh.md"
-    assert page.is_file() and page.read_text().startswith("# ")
+    assert page.is_file() and page.read_text(encoding="utf-8").startswith("# ")
     for image in ("../images/",):
-        for line in page.read_text().splitlines():
+        for line in page.read_text(encoding="utf-8").splitlines():
             if image in line:
                 target = line.split("(", 1)[1].split(")", 1)[0]
                 assert (page.parent / target).is_file(), target
@@ -58,7 +58,7 @@ def test_chinese_docs_and_display_names(spec):
 def test_blueprints_are_whole_graphs(path):
     """Each blueprint (ComfyUI lists <pack>/subgraphs/*.json): one node standing for a subgraph whose links
     join its input to Inf-DiT Upscale's image, Load Inf-DiT's model to Upscale, Upscale's image to the output."""
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     (outer,) = data["nodes"]
     (graph,) = data["definitions"]["subgraphs"]
     assert outer["type"] == graph["id"] and graph["name"] and graph["description"]

@@ -42,12 +42,12 @@ def test_upscale_inputs():
 
 def test_only_the_adapter_imports_comfyui():
     pattern = re.compile(r"^\s*(from|import)\s+(comfy|comfy_api|folder_paths|server|nodes)\b", re.M)
-    offenders = [p.name for p in (PACK / "nodes").glob("*.py") if p.name != "comfy_adapter.py" and pattern.search(p.read_text())]
+    offenders = [p.name for p in (PACK / "nodes").glob("*.py") if p.name != "comfy_adapter.py" and pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 
 def test_root_registers_v3_only_and_serves_web():
-    text = (PACK / "__init__.py").read_text()
+    text = (PACK / "__init__.py").read_text(encoding="utf-8")
     assert "async def comfy_entrypoint" in text and 'WEB_DIRECTORY = "./web"' in text
     # ComfyUI ignores comfy_entrypoint when NODE_CLASS_MAPPINGS exists (nodes.py load_custom_node)
     assert not re.search(r"^NODE_CLASS_MAPPINGS\s*=", text, re.M)
@@ -59,7 +59,7 @@ def test_every_node_has_an_in_app_docs_page(factory):
     with images that exist and stay small."""
     spec = factory()
     page = PACK / "web" / "docs" / f"{spec.node_id}.md"
-    text = page.read_text()
+    text = page.read_text(encoding="utf-8")
     assert text.startswith(f"# {spec.display_name}\n")
     for item in spec.inputs:
         assert f"`{item.name}`" in text, f"{page.name} does not describe {item.name}"

@@ -17,7 +17,7 @@ def test_all_workflows_ship():
 
 def test_ksampler_karras_workflow_wires_a_comfyui_sampler_and_schedule():
     nodes = by_type("infdit_x4_ksampler_karras.json")
-    prompt = to_api(json.loads((FOLDER / "infdit_x4_ksampler_karras.json").read_text()), definitions())
+    prompt = to_api(json.loads((FOLDER / "infdit_x4_ksampler_karras.json").read_text(encoding="utf-8")), definitions())
     ids = {v["class_type"]: k for k, v in prompt.items()}
     assert nodes["InfDiTUpscale"]["sampler"] == [ids["KSamplerSelect"], 0]
     assert nodes["InfDiTUpscale"]["sigmas"] == [ids["KarrasScheduler"], 0]
@@ -27,7 +27,7 @@ def test_ksampler_karras_workflow_wires_a_comfyui_sampler_and_schedule():
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_references_only_existing_nodes_and_inputs(path):
-    workflow = json.loads(path.read_text())
+    workflow = json.loads(path.read_text(encoding="utf-8"))
     prompt = to_api(workflow, definitions())
     assert any(n["class_type"] == "InfDiTUpscale" for n in prompt.values())
     assert any(n["class_type"] == "SaveImage" for n in prompt.values())
@@ -36,7 +36,7 @@ def test_workflow_references_only_existing_nodes_and_inputs(path):
 
 
 def by_type(path):
-    prompt = to_api(json.loads((FOLDER / path).read_text()), definitions())
+    prompt = to_api(json.loads((FOLDER / path).read_text(encoding="utf-8")), definitions())
     return {n["class_type"]: n["inputs"] for n in prompt.values()}
 
 
@@ -44,7 +44,7 @@ def test_sdxl_workflow_generates_1024_and_upscales_4x():
     nodes = by_type("sdxl_txt2img_infdit_x4.json")
     assert (nodes["EmptyLatentImage"]["width"], nodes["EmptyLatentImage"]["height"]) == (1024, 1024)
     assert nodes["InfDiTUpscale"]["scale"] == "4" and nodes["InfDiTUpscale"]["image"][0] in {
-        k for k, v in to_api(json.loads((FOLDER / "sdxl_txt2img_infdit_x4.json").read_text()), definitions()).items()
+        k for k, v in to_api(json.loads((FOLDER / "sdxl_txt2img_infdit_x4.json").read_text(encoding="utf-8")), definitions()).items()
         if v["class_type"] == "VAEDecode"}
 
 
@@ -55,7 +55,7 @@ def test_small_gpu_workflow_upscales_2x_with_block_control():
 
 
 def test_a_wrong_input_name_is_caught():
-    workflow = json.loads((FOLDER / "load_image_infdit_x4.json").read_text())
+    workflow = json.loads((FOLDER / "load_image_infdit_x4.json").read_text(encoding="utf-8"))
     upscale = next(n for n in workflow["nodes"] if n["type"] == "InfDiTUpscale")
     upscale["inputs"][1]["name"] = "picture"
     with pytest.raises(ValueError, match="no input named picture"):
@@ -67,7 +67,7 @@ OLD = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "workflows-0.1.
 
 @pytest.mark.parametrize("path", OLD, ids=lambda p: p.stem)
 def test_workflows_saved_before_the_compile_toggle_load_with_it_off(path):
-    prompt = to_api(json.loads(path.read_text()), definitions())
+    prompt = to_api(json.loads(path.read_text(encoding="utf-8")), definitions())
     upscale = [n["inputs"] for n in prompt.values() if n["class_type"] == "InfDiTUpscale"]
     assert upscale and all(inputs["compile"] is False for inputs in upscale)
 

@@ -30,7 +30,7 @@ def spec_definitions() -> dict:
 
 def definitions(object_info: dict | None = None) -> dict:
     if object_info is None:
-        return {**json.loads(CORE_NODES.read_text()), **spec_definitions()}
+        return {**json.loads(CORE_NODES.read_text(encoding="utf-8")), **spec_definitions()}
     defs = {}
     for name, info in object_info.items():
         inputs = {}
