@@ -14,8 +14,7 @@ each call against the backend's rules:
 - a tensor over 4 GiB on MPS aborts the process there (torch #149325): raised as `EmulatedAbort`;
 - non-blocking copies between the device and pageable host memory are recorded (unsafe on MPS, #189690);
 - antialiased bicubic has no MPS kernel before torch 2.8 (PR #149378) when `torch_before_2_8`.
-`windows_file_rules` applies Windows' file rules on this machine: no deleting or replacing a file that is
-memory-mapped or open, no names Windows refuses.
+Host memory as the OS reports it (and Windows' file rules) come from benchmarks/fake_os.py.
 This CUDA build of torch has no device guard for mps/xpu, so the few Python bindings that open one
 (indexing, copy_, to, contiguous, value reads, numpy) are rerouted to plain aten calls for fake tensors.
 
@@ -23,11 +22,8 @@ Used by tests/core/test_devices.py (the dry runs in CI). The ROCm answers ride o
 """
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
-import os
-import sys
 import types
 from collections import Counter
 
@@ -39,6 +35,9 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_map_only
 from torch.utils.weak import WeakIdKeyDictionary
+
+from fake_cuda import _Event, _Stream, _tensors
+from fake_os import host_memory, patched
 
 aten = torch.ops.aten
 GIB = 1024**3
@@ -89,16 +88,6 @@ XPU = Backend("xpu", float64=True, float8=True, divisible_pooling=False, fused_a
               unified_memory=False)
 ARC_A = dataclasses.replace(XPU, float64=False)  # Arc A-series: no fp64 aspect
 BACKENDS = {"mps": MPS, "xpu": XPU, "xpu-no-fp64": ARC_A}
-
-
-def _tensors(tree):
-    out = []
-    for x in tree if isinstance(tree, (list, tuple)) else [tree]:
-        if isinstance(x, torch.Tensor):
-            out.append(x)
-        elif isinstance(x, (list, tuple)):
-            out.extend(_tensors(x))
-    return out
 
 
 class DeviceRules(TorchDispatchMode):
@@ -345,57 +334,12 @@ def _attention(backend: Backend, record: Record, attention_limit: int | None, or
     return sdpa
 
 
-class _Namespace(types.SimpleNamespace):
-    pass
-
-
-@contextlib.contextmanager
-def _patched():
-    saved = []
-
-    def patch(obj, name, value):
-        saved.append((obj, name, getattr(obj, name, None), hasattr(obj, name)))
-        setattr(obj, name, value)
-
-    try:
-        yield patch
-    finally:
-        for obj, name, value, had in reversed(saved):
-            if had:
-                setattr(obj, name, value)
-            else:
-                delattr(obj, name)
-
-
 def _clear_attention_caches() -> None:
     """Which kernel ran is remembered per device name: an emulated device must not leave its choice behind."""
     from infdit_core.network import attention
 
     attention._CHOSEN.clear()
     attention._ONE_CALL.clear()
-
-
-@contextlib.contextmanager
-def host_memory(available: int, meminfo_readable: bool = False):
-    """psutil reports `available` bytes (as it does on every OS), and unless `meminfo_readable` the pack's own
-    code cannot open /proc/meminfo, as on Windows and macOS (psutil itself, Linux-only reader, is stood in)."""
-    import psutil
-
-    real_open = builtins.open
-
-    def guarded_open(file, *a, **k):
-        caller = sys._getframe(1).f_globals.get("__name__", "")
-        if str(file) == "/proc/meminfo" and caller.split(".")[0] in ("infdit_core", "nodes") and not meminfo_readable:
-            raise FileNotFoundError(2, "No such file or directory (emulated Windows/macOS)", "/proc/meminfo")
-        return real_open(file, *a, **k)
-
-    total = max(available, 1)
-    memory = psutil._common.svmem(total, available, 0.0, total - available, available) \
-        if hasattr(psutil, "_common") and hasattr(psutil._common, "svmem") else None
-    with _patched() as patch:
-        patch(builtins, "open", guarded_open)
-        patch(psutil, "virtual_memory", lambda: memory if memory is not None else _Namespace(total=total, available=available))
-        yield
 
 
 @contextlib.contextmanager
@@ -407,7 +351,7 @@ def fake_device(kind: str = "mps", memory: int = 32 * GIB, attention_limit: int 
     backend = BACKENDS[kind]
     record = Record()
     device = backend.device
-    with _patched() as patch:
+    with patched() as patch:
         if device == "mps":
             patch(torch.backends.mps, "is_available", lambda: True)
             patch(torch.mps, "recommended_max_memory", lambda: int(memory * 2 / 3))  # Metal's working-set limit
@@ -417,7 +361,7 @@ def fake_device(kind: str = "mps", memory: int = 32 * GIB, attention_limit: int 
             patch(torch.mps, "synchronize", lambda: setattr(record, "synchronizes", record.synchronizes + 1))
         else:
             xpu = torch.xpu
-            props = _Namespace(has_fp64=backend.float64, name="emulated Intel Arc", total_memory=memory)
+            props = types.SimpleNamespace(has_fp64=backend.float64, name="emulated Intel Arc", total_memory=memory)
             patch(xpu, "is_available", lambda: True)
             patch(xpu, "device_count", lambda: 1)
             patch(xpu, "get_device_properties", lambda d=None: props)
@@ -427,8 +371,6 @@ def fake_device(kind: str = "mps", memory: int = 32 * GIB, attention_limit: int 
             patch(xpu, "memory_allocated", lambda d=None: 0)
             patch(xpu, "empty_cache", lambda: setattr(record, "empty_caches", record.empty_caches + 1))
             patch(xpu, "synchronize", lambda d=None: setattr(record, "synchronizes", record.synchronizes + 1))
-            from fake_cuda import _Event, _Stream
-
             patch(xpu, "Stream", _Stream)
             patch(xpu, "Event", _Event)
             patch(xpu, "current_stream", lambda d=None: _Stream())
@@ -463,7 +405,7 @@ def fake_rocm(arch: str = "gfx1100", memory: int = 24 * 10**9):
     from fake_cuda import fake_cuda
 
     capability = {"gfx942": (9, 4), "gfx90a": (9, 0), "gfx1100": (11, 0), "gfx1030": (10, 3), "gfx906": (9, 0)}[arch]
-    props = _Namespace(gcnArchName=f"{arch}:sramecc+:xnack-", name=f"emulated AMD {arch}", total_memory=memory,
+    props = types.SimpleNamespace(gcnArchName=f"{arch}:sramecc+:xnack-", name=f"emulated AMD {arch}", total_memory=memory,
                        major=capability[0], minor=capability[1])
     calls = {"cudnn": 0}
     original_cudnn = aten._scaled_dot_product_cudnn_attention
@@ -472,7 +414,7 @@ def fake_rocm(arch: str = "gfx1100", memory: int = 24 * 10**9):
         calls["cudnn"] += 1
         raise RuntimeError("cuDNN attention is not available on ROCm")
 
-    with _patched() as patch:
+    with patched() as patch:
         patch(torch.version, "hip", "6.4.0")
         patch(torch.cuda, "get_device_properties", lambda d=None: props)
         patch(torch.ops.aten, "_scaled_dot_product_cudnn_attention", no_cudnn)
@@ -484,114 +426,3 @@ def fake_rocm(arch: str = "gfx1100", memory: int = 24 * 10**9):
         finally:
             _clear_attention_caches()
     assert torch.ops.aten._scaled_dot_product_cudnn_attention is original_cudnn
-
-
-# ----------------------------------------------------------------------------------- Windows file rules
-
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-
-
-def windows_name_problem(path) -> str | None:
-    """Why Windows would refuse this file name, or None (reserved characters, device names, a trailing dot
-    or space)."""
-    name = os.path.basename(os.fspath(path))
-    if any(c in name for c in '<>:"|?*') or any(ord(c) < 32 for c in name):
-        return f"{name!r} holds a character Windows forbids in file names"
-    if name.split(".")[0].upper() in _WINDOWS_RESERVED:
-        return f"{name!r} is a reserved device name on Windows"
-    if name.endswith((".", " ")):
-        return f"{name!r} ends in a dot or space, which Windows drops"
-    return None
-
-
-@contextlib.contextmanager
-def windows_file_rules():
-    """The pack's file handling under Windows rules, on this machine: a file that is memory-mapped by a live
-    torch.load(mmap=True) tensor, or open in this process, cannot be deleted, replaced or renamed over
-    (WinError 32); a name Windows refuses cannot be created or renamed to (WinError 123). Yields the
-    list of refusals."""
-    import weakref
-
-    refusals: list[str] = []
-    mapped: dict[str, weakref.WeakSet] = {}
-    opened: dict[str, int] = Counter()
-    real_load, real_open = torch.load, builtins.open
-    real_unlink, real_remove, real_replace, real_rename = os.unlink, os.remove, os.replace, os.rename
-
-    def key(path) -> str:
-        return os.path.realpath(os.fspath(path))
-
-    def in_use(path) -> bool:
-        k = key(path)
-        return opened[k] > 0 or any(True for _ in mapped.get(k, ()))
-
-    def refuse(code: int, text: str, path):
-        refusals.append(text)
-        raise PermissionError(13, f"[WinError {code}] {text}", os.fspath(path))
-
-    def load(f, *a, **k):
-        obj = real_load(f, *a, **k)
-        if k.get("mmap") and isinstance(f, (str, os.PathLike)):
-            tensors = mapped.setdefault(key(f), weakref.WeakSet())
-            for t in (obj.values() if isinstance(obj, dict) else []):
-                for leaf in (t.values() if isinstance(t, dict) else [t]):
-                    if isinstance(leaf, torch.Tensor):
-                        tensors.add(leaf)
-        return obj
-
-    class TrackedFile:
-        def __init__(self, file, path):
-            self._file, self._key = file, key(path)
-            opened[self._key] += 1
-
-        def close(self):
-            if self._key is not None:
-                opened[self._key] -= 1
-                self._key = None
-            return self._file.close()
-
-        def __enter__(self):
-            self._file.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            self.close()
-
-        def __getattr__(self, name):
-            return getattr(self._file, name)
-
-        def __iter__(self):
-            return iter(self._file)
-
-    def guarded_open(file, mode="r", *a, **k):
-        if isinstance(file, (str, os.PathLike)) and any(m in mode for m in "wax"):
-            problem = windows_name_problem(file)
-            if problem:
-                refusals.append(problem)
-                raise OSError(22, f"[WinError 123] {problem}", os.fspath(file))
-        handle = real_open(file, mode, *a, **k)
-        return TrackedFile(handle, file) if isinstance(file, (str, os.PathLike)) else handle
-
-    def unlink(path, *a, **k):
-        if in_use(path):
-            refuse(32, "The process cannot access the file because it is being used by another process", path)
-        return real_unlink(path, *a, **k)
-
-    def replace(src, dst, *a, **k):
-        problem = windows_name_problem(dst)
-        if problem:
-            refusals.append(problem)
-            raise OSError(22, f"[WinError 123] {problem}", os.fspath(dst))
-        for p in (src, dst):
-            if os.path.exists(p) and in_use(p):
-                refuse(5, "Access is denied", p)
-        return real_replace(src, dst, *a, **k)
-
-    with _patched() as patch:
-        patch(torch, "load", load)
-        patch(builtins, "open", guarded_open)
-        patch(os, "unlink", unlink)
-        patch(os, "remove", unlink)
-        patch(os, "replace", replace)
-        patch(os, "rename", replace)
-        yield refusals

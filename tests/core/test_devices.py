@@ -20,7 +20,8 @@ from infdit_core.sampling.solvers import SOLVERS
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from fake_cuda import fake_cuda, fake_model  # noqa: E402
-from fake_devices import GIB, fake_device, fake_rocm, host_memory  # noqa: E402
+from fake_devices import GIB, fake_device, fake_rocm  # noqa: E402
+from fake_os import host_memory  # noqa: E402
 
 RELEASED = InfDiTConfig.released()
 SHRUNK = dataclasses.replace(RELEASED, layers=2, vector_dim=0)  # the released shapes per layer, two layers

@@ -1,4 +1,4 @@
-"""Windows, emulated on this machine (benchmarks/fake_devices.py, `windows_file_rules`): a file that is memory-
+"""Windows, emulated on this machine (benchmarks/fake_os.py, `windows_file_rules`): a file that is memory-
 mapped or open cannot be deleted or replaced, some names cannot be made, and text files are read in the
 locale's code page (cp1252, GBK) unless the code says UTF-8."""
 import ast
@@ -16,7 +16,7 @@ from infdit_core.checkpoints import download as dl
 from infdit_core.cli import main
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from fake_devices import windows_file_rules, windows_name_problem  # noqa: E402
+from fake_os import windows_file_rules, windows_name_problem  # noqa: E402
 
 
 def test_a_failed_conversion_cleans_up_and_shows_the_real_error(tmp_path, monkeypatch):
