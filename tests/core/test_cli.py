@@ -133,3 +133,19 @@ def test_bad_denoise_is_a_one_line_error_and_writes_nothing(tmp_path, model_file
     err = capsys.readouterr().err
     assert "denoise must be a number in (0, 1]" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+@pytest.mark.parametrize("args,name,size", [(["--scale", "8"], "photo_x8.png", (512, 384)),
+                                            (["--long-side", "1000"], "photo_1000x750.png", (1000, 750))])
+def test_the_same_runs_from_the_cli(tmp_path, args, name, size):
+    """The CLI on the demo model: the 64x48 photo x8 and to a 1000 px long side, as the real-ComfyUI tests run
+    the same workflows (tests/nodes/test_comfyui_server.py)."""
+    from PIL import Image
+
+    from infdit_core.cli import main
+
+    with Image.open(ROOT / "docs" / "images" / "chelsea_lr.png") as photo:
+        photo.convert("RGB").resize((64, 48), Image.LANCZOS).save(tmp_path / "photo.png")
+    assert main(["upscale", str(tmp_path / "photo.png"), *args]) == 0
+    with Image.open(tmp_path / name) as out:
+        assert out.size == size
