@@ -12,7 +12,7 @@ try:
     from ..infdit_core.sampling.sampler import get_sigmas_karras  # noqa: F401
     from ..infdit_core.sampling.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
     from ..infdit_core.planning.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
-    from ..infdit_core.hardware.precision import auto_dtype  # noqa: F401
+    from ..infdit_core.hardware.precision import DTYPES, auto_dtype  # noqa: F401
     from ..infdit_core.hardware import devices  # noqa: F401
     from ..infdit_core.planning.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from ..infdit_core.planning.scheduler import SCANS, plan_blocks  # noqa: F401
@@ -29,7 +29,7 @@ except ImportError:  # "attempted relative import beyond top-level package": nod
     from infdit_core.sampling.sampler import get_sigmas_karras  # noqa: F401
     from infdit_core.sampling.solvers import SOLVERS, check_sigmas, evaluations_for as solver_evaluations  # noqa: F401
     from infdit_core.planning.memory import default_budget, free_device_memory as default_free_memory, image_buffers  # noqa: F401
-    from infdit_core.hardware.precision import auto_dtype  # noqa: F401
+    from infdit_core.hardware.precision import DTYPES, auto_dtype  # noqa: F401
     from infdit_core.hardware import devices  # noqa: F401
     from infdit_core.planning.plan import fallback, model_budget, parse_target, plan_output, plan_run, smallest_fitting  # noqa: F401
     from infdit_core.planning.scheduler import SCANS, plan_blocks  # noqa: F401

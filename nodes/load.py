@@ -8,12 +8,11 @@ from dataclasses import dataclass
 import torch
 
 from . import comfy_adapter as comfy
-from .core import DEMO_MODEL_PATH, load_inf_dit
+from .core import DEMO_MODEL_PATH, DTYPES, load_inf_dit
 from .spec import Input, NodeResult, NodeSpec, Output
 
 DEMO_OPTION = "infdit-demo (bundled)"
 CLIP_FROM_CHECKPOINT = "from checkpoint"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class InfDiTHandle:

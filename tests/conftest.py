@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -57,3 +58,18 @@ def lr_image(h: int, w: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((batch, 3, h, w), generator=g) * 2 - 1
     return x.clamp(-1, 1)
+
+
+def reference_block_attention(q, k4, v4, group_embed):
+    """Attention of n blocks over their four key groups, the plain way (the oracle of the frontier tests).
+
+    q: (B, n, T, h, d); k4, v4: (B, n, 4, T, h, d); group_embed: (4, h, d) added to every key of a
+    group (after rotary), values get nothing. Returns (B, n, T, h*d).
+    """
+    b, n, t, h, d = q.shape
+    k = k4 + group_embed[None, None, :, None].to(k4.dtype)
+    q = q.reshape(b * n, t, h, d).transpose(1, 2)  # (Bn, h, T, d)
+    k = k.reshape(b * n, 4 * t, h, d).transpose(1, 2)  # (Bn, h, 4T, d)
+    v = v4.reshape(b * n, 4 * t, h, d).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d), no mask
+    return out.transpose(1, 2).reshape(b, n, t, h * d)

@@ -95,3 +95,17 @@ export function estimateLabel(answer) {
   const host = Number.isFinite(answer.host) && answer.host > 0 ? ` + host ${formatBytes(answer.host)}` : "";
   return `peak ≈ ${formatBytes(answer.total)}${host} at ${answer.block_batch} block(s)/pass`;
 }
+
+// The node a progress message names. Inside a subgraph ComfyUI names it by its path, "5:3" (node 3 of the
+// subgraph that node 5 of the root graph holds), so each part is looked up in the graph the previous one
+// holds; a plain id is one part. Ids may be numbers or strings. Null when any part is missing.
+export function findNode(graph, id) {
+  let node = null;
+  for (const part of String(id).split(":")) {
+    if (!graph) return null;
+    node = graph.getNodeById(Number.isNaN(Number(part)) ? part : Number(part)) ?? graph.getNodeById(part) ?? null;
+    if (!node) return null;
+    graph = node.subgraph ?? null;
+  }
+  return node;
+}

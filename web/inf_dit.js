@@ -1,7 +1,7 @@
 // Inf-DiT frontend extension: the block grid on Inf-DiT Upscale while it runs (from the server's
 // "inf_dit.blocks" messages) and the memory estimate on Block Size Control. Everything is optional:
 // without messages or the estimate route (older pack, older server) the nodes look like plain nodes.
-import { BLOCKS_EVENT, COLORS, ESTIMATE_ROUTE, cellStates, estimateLabel, estimateQuery, layoutGrid,
+import { BLOCKS_EVENT, COLORS, ESTIMATE_ROUTE, cellStates, estimateLabel, estimateQuery, findNode, layoutGrid,
   parseBlocksMessage, progressLabel, applyBlocksMessage } from "./grid.js";
 
 const comfy = window.comfyAPI ?? {};
@@ -69,7 +69,7 @@ app.registerExtension({
   setup() {
     api.addEventListener(BLOCKS_EVENT, ({ detail }) => {
       const state = parseBlocksMessage(detail);
-      const node = state?.node != null ? app.graph?.getNodeById(Number(state.node)) : null;
+      const node = state?.node != null ? findNode(app.graph, state.node) : null; // "5:3" inside a subgraph
       if (!node) return;
       node.infditBlocks = applyBlocksMessage(node.infditBlocks, state);
       node.setDirtyCanvas(true, false);

@@ -65,21 +65,6 @@ def attention_variant(variant: str):
         _variant = before
 
 
-def block_attention(q, k4, v4, group_embed):
-    """Attention of n blocks over their four key groups.
-
-    q: (B, n, T, h, d); k4, v4: (B, n, 4, T, h, d); group_embed: (4, h, d) added to every key of a
-    group (after rotary), values get nothing. Returns (B, n, T, h*d).
-    """
-    b, n, t, h, d = q.shape
-    k = k4 + group_embed[None, None, :, None].to(k4.dtype)
-    q = q.reshape(b * n, t, h, d).transpose(1, 2)  # (Bn, h, T, d)
-    k = k.reshape(b * n, 4 * t, h, d).transpose(1, 2)  # (Bn, h, 4T, d)
-    v = v4.reshape(b * n, 4 * t, h, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d), no mask
-    return out.transpose(1, 2).reshape(b, n, t, h * d)
-
-
 def attend_key_groups(q, keys, values, group_embed) -> torch.Tensor:
     """Attention of m blocks over four key groups given as separate tensors.
 

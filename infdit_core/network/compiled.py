@@ -61,8 +61,9 @@ def _guarded(compiled_fn, eager_fn):
         except Exception as e:  # compile-time failures surface at the first call; a real error recurs eagerly
             if "CUDA error" in str(e) or is_out_of_memory(e):  # an older torch's CUDA error; MPS's out of memory
                 raise
+            result = eager_fn(*args)  # an error of the input or the model raises here: compile stays on
             _fallback_warning(_reason(e))
-            return eager_fn(*args)
+            return result
 
     return run
 

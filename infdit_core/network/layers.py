@@ -116,16 +116,6 @@ def block_rotary(block_rows: torch.Tensor, block_cols: torch.Tensor, head_dim: i
     return ang.cos(), ang.sin()
 
 
-def rotate_half(t: torch.Tensor) -> torch.Tensor:
-    """Interleaved pairs (a, b) -> (-b, a)."""
-    pairs = t.unflatten(-1, (-1, 2))
-    return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-
-
-def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return t * cos.to(t.dtype) + rotate_half(t) * sin.to(t.dtype)
-
-
 def signed_rotary(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin * (-1, +1, -1, ...) in `dtype`, made once per block group for `apply_signed_rotary`."""
     # -1, +1, -1, ... made on the device (a tensor from a Python list would be a host-to-device copy)
@@ -139,7 +129,8 @@ def pair_swap_index(head_dim: int, device) -> torch.Tensor:
 
 
 def apply_signed_rotary(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, swap=None) -> torch.Tensor:
-    """`apply_rotary` in three passes instead of six: rotate_half(t) * sin = swap_pairs(t) * signed_sin, exactly
+    """Rotary on interleaved pairs, t * cos + rotate_half(t) * sin with rotate_half (a, b) -> (-b, a), in three
+    passes instead of six: rotate_half(t) * sin = swap_pairs(t) * signed_sin, exactly
     (negating is exact in floating point), and the product is added in the same kernel. `swap`: a
     `pair_swap_index` made once (then the pairs are swapped by one gather), or None."""
     swapped = t.unflatten(-1, (-1, 2)).flip(-1).flatten(-2) if swap is None else t.index_select(-1, swap)

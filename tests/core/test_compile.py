@@ -69,6 +69,22 @@ def test_out_of_memory_inside_compiled_code_is_not_swallowed(fresh_compile_state
     assert compiled_mod.compile_unavailable_reason() is None
 
 
+def test_an_error_that_recurs_eagerly_is_raised_and_compile_stays_on(fresh_compile_state):
+    """A run-time error of the input or the model (it fails eagerly too) is not a compiler problem: before, any
+    such error turned compile off for the life of the server."""
+    def failing(*args):
+        raise ValueError("shapes do not match")
+
+    run = compiled_mod._guarded(failing, failing)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        run()
+    assert compiled_mod.compile_unavailable_reason() is None
+    # a failure of the compiled code alone is the compiler's: eager from then on, with one warning
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        assert compiled_mod._guarded(failing, lambda: "eager")() == "eager"
+    assert "shapes do not match" in compiled_mod.compile_unavailable_reason()
+
+
 def test_compile_must_be_a_bool():
     with pytest.raises(ValueError, match="compile must be True or False"):
         sample(random_model(TINY), lr_image(32, 32), steps=1, compile="yes")

@@ -205,8 +205,10 @@ def test_recovery_outside_comfyui_uses_the_backend_cache_call():
     assert record.empty_caches == 1
 
 
-def test_mps_out_of_memory_does_not_turn_compile_off():
+def test_mps_out_of_memory_does_not_turn_compile_off(monkeypatch):
     from infdit_core.network import compiled
+
+    monkeypatch.setattr(compiled, "_unavailable", None)  # as in a new process
 
     def failing(*args):
         raise RuntimeError("MPS backend out of memory (MPS allocated: 1 GiB). Tried to allocate 2 GiB on private pool.")

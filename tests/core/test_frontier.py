@@ -5,7 +5,8 @@ import torch
 from conftest import TINY, random_model
 from infdit_core.network import frontier as attention  # the store calls attend_key_groups from here
 from infdit_core.sampling import denoiser
-from infdit_core.network.attention import block_attention, neighbour_blocks
+from conftest import reference_block_attention as block_attention
+from infdit_core.network.attention import neighbour_blocks
 from infdit_core.network.frontier import KeyValueStore
 from infdit_core.sampling.denoiser import BlockwiseDenoiser
 from infdit_core.planning.scheduler import plan_blocks

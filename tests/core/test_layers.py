@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from infdit_core.network.layers import (
+    apply_signed_rotary,
     block_rotary,
     layer_norm,
     noise_features,
+    pair_swap_index,
     rotary_table,
-    rotate_half,
+    signed_rotary,
     unpatchify,
 )
 
@@ -56,9 +58,24 @@ def test_block_rotary_reads_the_table_at_positions_modulo_1024(block):
     assert torch.equal(cos[0], expected_cos) and torch.equal(sin[0], expected_sin)
 
 
+def rotate_half(t: torch.Tensor) -> torch.Tensor:
+    """Interleaved pairs (a, b) -> (-b, a): the reference's rotary, written plainly."""
+    pairs = t.unflatten(-1, (-1, 2))
+    return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+
+
 def test_rotate_half_maps_interleaved_pairs():
     t = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert rotate_half(t).tolist() == [-2.0, 1.0, -4.0, 3.0]
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_signed_rotary_equals_the_plain_formula(swap):
+    torch.manual_seed(0)
+    t, cos, sin = torch.randn(2, 16, 3, 8), torch.randn(16, 1, 8), torch.randn(16, 1, 8)
+    cos_s, signed_sin = signed_rotary(cos, sin, t.dtype)
+    out = apply_signed_rotary(t, cos_s, signed_sin, pair_swap_index(8, t.device) if swap else None)
+    assert torch.allclose(out, t * cos + rotate_half(t) * sin, atol=1e-6)
 
 
 def test_layer_norm_uses_eps_1e_minus_6():

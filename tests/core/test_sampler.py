@@ -6,7 +6,8 @@ import torch
 
 from infdit_core import SamplingCancelled, evaluations_for, get_sigmas_karras
 from infdit_core.network.precond import edm_loss_weight, edm_scalings
-from infdit_core.sampling.sampler import EvaluationDone, sample_heun
+from infdit_core.sampling import solvers
+from infdit_core.sampling.sampler import EvaluationDone, run_solver
 
 from conftest import TINY, random_model
 
@@ -89,12 +90,17 @@ def hand_heun(x, sigmas):
     return x
 
 
+def release_heun(denoise, x, sigmas, callback=None):
+    """The release's Heun over denoise(x, sigma, evaluation, step), as sample() runs it."""
+    return run_solver(solvers.heun, denoise, x, sigmas, callback, evaluations_for(len(sigmas) - 1))
+
+
 def test_heun_matches_a_hand_written_loop():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     sigmas = get_sigmas_karras(5).double()
     events = []
-    out = sample_heun(toy_denoiser, x.clone(), sigmas, callback=events.append)
+    out = release_heun(toy_denoiser, x.clone(), sigmas, callback=events.append)
     assert torch.allclose(out, hand_heun(x.clone(), sigmas), atol=1e-12)
     assert len(events) == evaluations_for(5) == 9
     assert [e.evaluation for e in events] == list(range(9))
@@ -113,5 +119,5 @@ def test_a_raising_callback_stops_the_loop():
             raise SamplingCancelled("user")
 
     with pytest.raises(SamplingCancelled):
-        sample_heun(denoise, torch.zeros(1, 3, 4, 4), get_sigmas_karras(10), callback=stop_at_third)
+        release_heun(denoise, torch.zeros(1, 3, 4, 4), get_sigmas_karras(10), callback=stop_at_third)
     assert calls == [0, 1, 2]

@@ -1,6 +1,6 @@
 """Inf-DiT Upscale's sampling inputs without ComfyUI: the built-in solver widget, denoise, colour fix, and a
 ComfyUI SAMPLER / SIGMAS, here k-diffusion-style stand-ins written like ComfyUI's own (the same functions
-run in a real ComfyUI in test_comfyui_samplers.py)."""
+run in a real ComfyUI in test_comfyui_server.py: test_every_comfyui_sampler)."""
 import dataclasses
 
 import pytest

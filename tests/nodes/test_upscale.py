@@ -62,12 +62,18 @@ def test_progress_and_block_messages_advance_per_group(tiny_handle, monkeypatch)
     monkeypatch.setattr(comfy_adapter, "send_to_browser", lambda event, data: messages.append((event, data)))
     monkeypatch.setattr(comfy_adapter.Progress, "update",
                         lambda self, v, t, preview=None: updates.append((v, t, preview and preview.size)))
+    from types import SimpleNamespace
+
+    from nodes import progress
+
+    clock = iter(0.1 * i for i in range(1000))  # the preview's clock: a group every 0.1 s
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: next(clock)))
     run(tiny_handle, image(h=40, w=24), steps=2, control=BlockSettings(block_batch=1, scan="rows"))
     # 2 steps = 3 network passes, 2 groups each
     assert [u[:2] for u in updates] == [(i, 6) for i in range(1, 7)]
-    previews = [size for *_, size in updates if size is not None]
     assert updates[0][2] == updates[-1][2] == (96, 160)  # preview = the real output, width x height
-    assert len(previews) <= 2 + 4 * 60  # throttled: the first, the last, and at most 4 a second between
+    # throttled to 4 a second: at 0.0, 0.3 (not 0.1, 0.2: under 0.25 s apart), then the last group, 0.5
+    assert [u[0] for u in updates if u[2] is not None] == [1, 4, 6]
     event, first = messages[0]
     assert event == "inf_dit.blocks"
     assert first["grid"] == [2, 1] and first["done"] == [[0, 0]] and first["running"] == [[1, 0]]

@@ -2,8 +2,8 @@
 import assert from "node:assert/strict";
 import test from "node:test";
 
-import { applyBlocksMessage, cellStates, estimateLabel, estimateQuery, formatBytes, layoutGrid, parseBlocksMessage,
-  progressLabel } from "../../web/grid.js";
+import { applyBlocksMessage, cellStates, estimateLabel, estimateQuery, findNode, formatBytes, layoutGrid,
+  parseBlocksMessage, progressLabel } from "../../web/grid.js";
 
 const message = { node: "7", grid: [2, 3], done: [[0, 0], [0, 1]], running: [[0, 2]], image: 0, images: 2,
   evaluation: 4, evaluations: 39, value: 10, max: 78 };
@@ -75,4 +75,26 @@ test("messages with a group add its blocks to the pass's done list; group 0 or a
   assert.deepEqual(applyBlocksMessage(state, msg(0, [[0, 0]], 1)).done, [[0, 0]]); // the next network pass
   const old = parseBlocksMessage({ grid: [2, 2], done: [[0, 0], [1, 1]] }); // an older payload replaces the state
   assert.deepEqual(applyBlocksMessage(state, old).done, [[0, 0], [1, 1]]);
+});
+
+// A graph as LiteGraph keeps it: nodes by id (numbers in the root graph), a subgraph node holding its graph.
+function graphOf(nodes) {
+  const byId = new Map(nodes.map((n) => [n.id, n]));
+  return { getNodeById: (id) => byId.get(id) ?? null };
+}
+
+test("the node of a message is found inside subgraphs, by its path", () => {
+  const inner = { id: 3, title: "Inf-DiT Upscale in the blueprint" };
+  const deeper = { id: 2, title: "two levels down" };
+  const nested = { id: 4, subgraph: graphOf([deeper]) };
+  const blueprint = { id: 5, subgraph: graphOf([inner, nested]) };
+  const plain = { id: 7, title: "top level" };
+  const root = graphOf([plain, blueprint]);
+  assert.equal(findNode(root, "7"), plain);
+  assert.equal(findNode(root, 7), plain);
+  assert.equal(findNode(root, "5:3"), inner); // Number("5:3") is NaN: the grid never drew here before
+  assert.equal(findNode(root, "5:4:2"), deeper);
+  assert.equal(findNode(root, "5:9"), null);
+  assert.equal(findNode(root, "7:1"), null); // a plain node holds no graph
+  assert.equal(findNode(null, "7"), null);
 });
