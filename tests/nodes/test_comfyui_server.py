@@ -457,6 +457,11 @@ def test_progress_previews_and_cancel(server):
     assert seen["blocks"] and {"grid", "done", "running", "value", "max"} <= set(seen["blocks"][-1])
     assert seen["previews"] >= 1
     assert cancel_seconds < 30  # within a block group (a group of the demo model takes well under a second here)
-    history = http(server + f"/history/{prompt_id}")[prompt_id]["status"]
+    for _ in range(120):  # the history is written just after the message
+        entry = http(server + f"/history/{prompt_id}").get(prompt_id)
+        if entry:
+            break
+        time.sleep(0.25)
+    history = entry["status"]
     assert history["status_str"] == "error" and any(m[0] == "execution_interrupted" for m in history["messages"])
     assert http(server + "/queue")["queue_running"] == []
