@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m pip install --quiet pytest scikit-image  # test tools; scikit-image also holds the training photos
+python -m pip install --quiet pytest scikit-image pyyaml  # test tools; scikit-image also holds the training photos
 python -m pytest tests -q
 if [ "${SKIP_COMFYUI:-0}" != "1" ]; then
   bash scripts/comfyui_tests.sh

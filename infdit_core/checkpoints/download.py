@@ -25,6 +25,7 @@ log = logging.getLogger("inf_dit")
 
 OFFICIAL_URL = "https://cloud.tsinghua.edu.cn/f/6e313f7e1236468e973b/?dl=1"  # from the reference's README
 OUTPUT_NAME = "inf-dit.safetensors"
+FETCHED_NAME = "inf-dit.pt"  # the official checkpoint as fetched (ComfyUI-Manager's model entry puts it here too)
 CHUNK = 1 << 20
 TIMEOUT_S = 30  # per connection and read: a stalled server is retried, never waited on forever
 RETRIES = 5
@@ -59,8 +60,8 @@ def download(folder=None, url: str = OFFICIAL_URL, keep_pt: bool = False, progre
     if output.is_file():
         return output  # a second run: nothing to do
     folder.mkdir(parents=True, exist_ok=True)
-    pt = folder / "inf-dit.pt"
-    partial = folder / "inf-dit.pt.partial"
+    pt = folder / FETCHED_NAME
+    partial = folder / (FETCHED_NAME + ".partial")
     try:
         if not pt.is_file():
             _fetch(url, partial, progress)

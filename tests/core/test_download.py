@@ -111,3 +111,12 @@ def test_the_command_line(tmp_path, capsys, checkpoint, monkeypatch):
     assert main(["download"]) == 2
     assert "pass --to DIR" in capsys.readouterr().err
     assert InfDiTConfig.released() != TINY
+
+
+def test_a_checkpoint_already_fetched_is_converted_without_fetching(tmp_path, checkpoint, monkeypatch):
+    """ComfyUI-Manager's model entry (pyproject.toml) puts the official .pt where `download` fetches it to."""
+    (tmp_path / dl.FETCHED_NAME).write_bytes(checkpoint)
+    monkeypatch.setattr(dl, "_fetch", lambda *a: pytest.fail("fetched although the file was there"))
+    path = dl.download(tmp_path, "http://127.0.0.1:9/unused", progress=False, expected_config=TINY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inf-dit.safetensors"]
+    assert load_inf_dit(path).config == TINY
