@@ -4,13 +4,12 @@ the released config on a typical card of each kind. Devices this machine lacks a
 emulation of benchmarks/fake_devices.py (the same as the CI dry runs), so the table needs no GPU.
 
     python benchmarks/devices.py            # print the table
-    python benchmarks/devices.py --write    # and put it into docs/performance.md ("Devices")
 
-tests/test_docs_devices.py fails when the table in the docs differs from what this prints.
+benchmarks/docs.py puts it into docs/performance.md ("Devices"); tests/test_docs_figures.py fails when the
+table there differs from what this prints.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import warnings
@@ -31,8 +30,6 @@ from infdit_core.planning.memory import attention_path, default_budget  # noqa: 
 from infdit_core.planning.options import BlockOptions  # noqa: E402
 from infdit_core.planning.plan import plan_run  # noqa: E402
 
-DOC = ROOT / "docs" / "performance.md"
-BEGIN, END = "<!-- devices table: python benchmarks/devices.py --write -->", "<!-- end of devices table -->"
 GIB = 1024**3
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
@@ -80,26 +77,8 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def block_in(text: str) -> str | None:
-    """The generated table in a document, or None when the markers are missing."""
-    if BEGIN not in text or END not in text:
-        return None
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--write", action="store_true", help=f"replace the table in {DOC.relative_to(ROOT)}")
-    args = p.parse_args(argv)
-    text = table()
-    print(text)
-    if args.write:
-        doc = DOC.read_text(encoding="utf-8")
-        if block_in(doc) is None:
-            raise SystemExit(f"{DOC} has no devices table markers ({BEGIN} ... {END})")
-        before, rest = doc.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        DOC.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}", encoding="utf-8")
+def main() -> int:
+    print(table())
     return 0
 
 
