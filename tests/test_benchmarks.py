@@ -28,7 +28,6 @@ def test_gpu_benchmark_tiny_runs_every_kind_of_setting_and_writes_json_and_markd
     for r in rows.values():
         assert r["seconds_per_evaluation"] > 0 and r["tflops"] > 0 and 0 < r["share_of_peak"]
         assert r["estimate_bytes"] > 0 and r["peak_bytes"] is None  # no device memory counter on CPU
-        assert abs(r["blocks_per_s"] * r["seconds_per_evaluation"] - 4) < 1e-6
     table = (tmp_path / "gpu_cpu-tiny.md").read_text(encoding="utf-8")
     variants = report["attention_variants"]
     assert [v["variant"] for v in variants] == ["lse_merge", "concat", "cudnn"]
