@@ -55,19 +55,43 @@ def table_of(name: str, index: int = 0, edit: Callable[[str], str] = lambda line
 
 # ------------------------------------------------------------------------------------ measured (result files)
 
-def memory_table(series: str) -> str:
-    """benchmarks/memory.py's fp32 series: measured and estimated MiB for the whole image, n=1 and n=4."""
+def memory_table(series: str, name: str = "memory_fp32.txt") -> str:
+    """benchmarks/memory.py's series: measured and estimated MiB for the whole image and each block batch."""
     rows: dict[str, dict[str, tuple[str, str]]] = {}
-    for m in re.finditer(r"^(\w+)\s+(\d+x\d+)\s+(whole|n=\d+)\s+([\d.]+)\s+([\d.]+)", result("memory_fp32.txt"), re.M):
+    for m in re.finditer(r"^(\w+)\s+(\d+x\d+)\s+(whole|n=\d+)\s+([\d.]+)\s+([\d.]+)", result(name), re.M):
         if m.group(1) == series:
             rows.setdefault(m.group(2), {})[m.group(3)] = (m.group(4), m.group(5))
+    modes = list(next(iter(rows.values())))
     first = "H x W" if series == "width" else "size"
-    lines = [f"| {first} | whole image | est. | scheduler n=1 | est. | scheduler n=4 | est. |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for size, modes in rows.items():
-        cells = [v for mode in ("whole", "n=1", "n=4") for v in modes[mode]]
+    header = " | ".join(("whole image" if mode == "whole" else f"scheduler {mode}") + " | est." for mode in modes)
+    lines = [f"| {first} | {header} |", "| --- |" + " ---: |" * (2 * len(modes))]
+    for size, found in rows.items():
+        cells = [v for mode in modes for v in found[mode]]
         lines.append(f"| {size.replace('x', ' x ')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def quoted(name: str, start: str, stop: str | None = None) -> str:
+    """Lines of a result file as the benchmark printed them, from the one starting with `start` up to a blank line
+    (or the one starting with `stop`), as an indented block."""
+    lines = result(name).splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith(start))
+    picked = []
+    for line in lines[first:]:
+        if (not line.strip() and picked) or (stop and line.strip().startswith(stop) and picked):
+            break
+        picked.append(line)
+    return "\n".join("    " + line.rstrip() for line in picked)
+
+
+def largest_estimator_error(name: str) -> str:
+    """The estimator's largest relative error over a memory result file's points, in percent."""
+    text = result(name)
+    if m := re.search(r"all points max ([\d.]+)%", text):
+        return m.group(1)
+    pairs = re.findall(r"^\s*\d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s", text, re.M)
+    worst = max(abs(float(e) / float(m) - 1) for row in pairs for m, e in (row[:2], row[2:]))
+    return f"{100 * worst:.1f}"
 
 
 def speed_table() -> str:
@@ -200,6 +224,24 @@ def any_size_table() -> str:
     return "\n".join(lines)
 
 
+def poster_estimate() -> str:
+    """The released model's peak for the 8192 px poster workflow's settings (1024 px x8, its Block Size Control)."""
+    import json
+
+    import torch
+
+    from infdit_core import InfDiTConfig
+    from infdit_core.planning.options import BlockOptions
+    from infdit_core.planning.plan import plan_run
+
+    workflow = json.loads((ROOT / "workflows" / "sdxl_poster_x8_24gb.json").read_text(encoding="utf-8"))
+    block_batch, budget_gb = next(n["widgets_values"][:2] for n in workflow["nodes"] if n["type"] == "InfDiTBlockSize")
+    blocks = BlockOptions("auto" if block_batch == 0 else block_batch, int(budget_gb * GIB))
+    plan = plan_run(InfDiTConfig.released(), 1024, 1024, {"scale": 8}, blocks, torch.bfloat16, device="cuda")
+    peak = max(plan.passes, key=lambda p: p.estimate.total)
+    return f"{peak.estimate.total / GIB:.2f} GiB at block batch {peak.block_batch} in the x{peak.scale} pass"
+
+
 def devices_table() -> str:
     import devices
 
@@ -228,13 +270,22 @@ class Block:
 BLOCKS = (
     Block("docs/performance.md", "memory_fp32 width", lambda: memory_table("width")),
     Block("docs/performance.md", "memory_fp32 square", lambda: memory_table("square")),
+    Block("docs/performance.md", "memory_fp32 growth", lambda: quoted("memory_fp32.txt", "Growth exponents")),
+    Block("docs/performance.md", "memory_fp32 error", lambda: largest_estimator_error("memory_fp32.txt"), inline=True),
+    Block("docs/performance.md", "memory_bf16 square", lambda: memory_table("square", "memory_bf16_square.txt")),
     Block("docs/performance.md", "speed", speed_table),
+    Block("docs/performance.md", "speed memory", lambda: quoted("speed_1024_defaults.txt", "peak memory of one evaluation")),
     Block("docs/performance.md", "speed summary", speed_summary),
     Block("docs/performance.md", "released estimator", released_table),
     Block("docs/performance.md", "any-size estimator", any_size_table),
+    Block("docs/performance.md", "released measured", lambda: quoted("released_bf16.txt", "Measured, released")),
     Block("docs/performance.md", "any_size measured", any_size_measured),
+    Block("docs/performance.md", "any_size error", lambda: largest_estimator_error("any_size.txt"), inline=True),
     Block("docs/performance.md", "batch", lambda: table_of("batch_8x64_2cores.txt")),
     Block("docs/performance.md", "utilization", lambda: table_of("utilization_512_defaults.txt")),
+    Block("docs/performance.md", "utilization run1", lambda: table_of("utilization_512_defaults_run1.txt")),
+    Block("docs/performance.md", "utilization compile", lambda: table_of("utilization_512_compile.txt")),
+    Block("docs/performance.md", "memory_fp32_quick error", lambda: largest_estimator_error("memory_fp32_quick.txt"), inline=True),
     Block("docs/performance.md", "gpu_model ops", lambda: table_of("gpu_model.txt", 0)),
     Block("docs/performance.md", "gpu_model roofline", roofline_table),
     Block("docs/performance.md", "devices", devices_table),
@@ -244,6 +295,7 @@ BLOCKS = (
     Block("README.md", "gpu_model H100 seconds", h100_model_seconds, inline=True),
     Block("README.md", "comfyui sampler count", comfyui_sampler_count, inline=True),
     Block("docs/comfyui.md", "comfyui sampler count", comfyui_sampler_count, inline=True),
+    Block("docs/comfyui.md", "poster estimate", poster_estimate, inline=True),
 )
 
 

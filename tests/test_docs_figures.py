@@ -62,3 +62,33 @@ def test_the_any_size_targets_the_docs_state_hold():
         assert p.estimate.total <= 12 * gib
     p = plan_output(cfg, 16384, 16384, BlockOptions(1, 12 * gib, offload_frontier=True), torch.bfloat16, device="cuda")
     assert p.estimate.total <= 4 * gib
+
+
+def test_the_claims_around_the_tables_hold():
+    """docs/performance.md's sentences about its tables: the default within 5% of the best fixed block batch,
+    the utilization targets met in both runs, and the arithmetic figures (CLIP tower, Heun's images)."""
+    from infdit_core.planning.memory import CLIP_VISUAL_PARAMS, SOLVER_IMAGE_BUFFERS
+
+    ratios = [float(line.rsplit("|", 2)[1]) for line in docs.speed_table().splitlines()[2:]]
+    assert len(ratios) == 4 and max(ratios) <= 1.05
+    for name in ("utilization_512_defaults.txt", "utilization_512_defaults_run1.txt"):
+        for row in docs.markdown_tables(docs.result(name))[0][2:]:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            share, over_floor = float(cells[6].rstrip("%")), float(cells[8])
+            assert share >= (70 if cells[0] == "float32" else 35) and over_floor <= 1.25, (name, cells)
+    gib = 1024**3
+    assert round(CLIP_VISUAL_PARAMS * 2 / gib, 2) == 0.57  # "the 0.57 GiB CLIP tower" (bf16)
+    heun = SOLVER_IMAGE_BUFFERS["heun"]
+    assert heun == 5 and heun * 3 * 8192**2 * 4 / gib == 3.75 and heun * 3 * 16384**2 * 4 / gib == 15
+
+
+def test_the_sampler_claims_hold():
+    """docs/samplers.md: ipndm_v with 13 evaluations about 13 dB closer to the exact solution than Heun with 39,
+    dpmpp_2m with 20 within 0.9 dB of it (worst case over the models measured)."""
+    rows = {}
+    for line in docs.markdown_tables(docs.result("solvers_quick.txt"))[0][2:]:
+        solver, steps, evaluations, mean, worst = [c.strip() for c in line.strip("|").split("|")][:5]
+        rows[(solver, int(evaluations))] = float(worst)
+    heun = rows[("heun", 39)]
+    assert round(rows[("ipndm_v", 13)] - heun) == 13
+    assert 0 < heun - rows[("dpmpp_2m", 20)] <= 0.9
