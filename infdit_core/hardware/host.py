@@ -1,6 +1,7 @@
-"""Page-locked (pinned) host memory for a GPU run (CUDA, ROCm, XPU: `devices.traits(...).pinned_memory`): allocated so that a failure is an out-of-memory error,
-counted as torch's caching host allocator really takes it, handed back after a run, and used only for
-small reusable staging buffers and the offloaded frontier, never for a full-size image.
+"""Page-locked (pinned) host memory for a GPU run (CUDA, ROCm, XPU: `devices.traits(...).pinned_memory`):
+allocated so that a failure is an out-of-memory error, counted as torch's caching host allocator really
+takes it, handed back after a run, and used only for small reusable staging buffers and the offloaded
+frontier, never for a full-size image.
 
 torch's CachingHostAllocator rounds every pinned request up to a power of two and keeps the block for
 the process (ATen/core/CachingHostAllocator.h: `PowerOf2Ceil`, no threshold by default), so
@@ -40,8 +41,8 @@ def release_host_cache() -> None:
 
 
 class PinnedStaging:
-    """Moves the blocks of each group between host-held images and a GPU with pinned memory through small pinned
-    buffers that are reused: `to_device` copies a host tensor in and sends it with a non-blocking copy;
+    """Moves the blocks of each group between host-held images and a GPU with pinned memory through small
+    pinned buffers that are reused: `to_device` copies a host tensor in and sends it with a non-blocking copy;
     `to_host` brings a device tensor back with a non-blocking copy and runs `write(host_tensor)` once the
     copy is done - at the start of the group that reuses the buffer (two groups later) or at `flush`.
     The host waits only for that earlier group's copies (an event), never for a device value."""

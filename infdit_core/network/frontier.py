@@ -29,8 +29,8 @@ class KeyValueStore:
     it: CUDA, ROCm, XPU): blocks go out, and each span of slots a group reads comes back once per layer,
     with non-blocking copies on a side stream; the next layer's spans are fetched while this one computes
     and the compute stream waits only for that fetch (an event). Without pinned memory (MPS) every copy
-    is a blocking one: a non-blocking copy to pageable memory is unsafe there. `release` drops blocks no later group
-    reads. The whole-image forward is one group with `keep=False`.
+    is a blocking one: a non-blocking copy to pageable memory is unsafe there. `release` drops blocks no
+    later group reads. The whole-image forward is one group with `keep=False`.
 
     `storage_dtype` is the ring's dtype (default: the keys'); `_encode`/`_decode` are the one place
     where blocks are converted on the way in and out.
@@ -179,7 +179,8 @@ class KeyValueStore:
             staged = self._fetch(layer, runs, one)
         fetched, event = staged
         if event is not None:
-            stream_backend(self._compute_device).current_stream(self._compute_device).wait_event(event)  # this fetch only, not the writes
+            backend = stream_backend(self._compute_device)
+            backend.current_stream(self._compute_device).wait_event(event)  # this fetch only, not the writes
         return fetched
 
     @staticmethod
