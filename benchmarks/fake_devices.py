@@ -1,9 +1,10 @@
 """Run the real code on devices this machine does not have - Apple silicon (MPS), Intel GPUs (XPU, with and
-without float64), AMD cards (ROCm) - and as on Windows or macOS (no /proc/meminfo), enforcing each
-backend's known limits (../shared/docs/device-review.md lists them with their upstream sources).
+without float64), AMD cards (ROCm) - enforcing each backend's known limits (../shared/docs/device-review.md
+lists them with their upstream sources).
 
 How: tensors on the emulated device are fake (`FakeTensorMode`: shapes, dtypes and devices, no data);
-everything on the CPU stays real, so sigmas, noise and solver weights keep their values. A dispatch mode
+everything on the CPU stays real, so sigmas, noise and solver weights keep their values, and a small
+device tensor made from host values keeps a real twin, so reading it back gives its numbers. A dispatch mode
 (`DeviceRules`) sits on top: it runs pure-CPU calls for real, hands the rest to the fake mode, and checks
 each call against the backend's rules:
 - no float64 on MPS or on an XPU without it; no float8 on MPS;
