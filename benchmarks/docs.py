@@ -290,6 +290,8 @@ BLOCKS = (
     Block("docs/performance.md", "gpu_model roofline", roofline_table),
     Block("docs/performance.md", "devices", devices_table),
     Block("docs/samplers.md", "solvers", solver_table),
+    Block("docs/samplers.md", "solvers released widths",
+          lambda: table_of("solvers_released_widths.txt", 0, lambda line: line.replace("| at least the bar |", "| at least the release's |"))),
     Block("docs/fidelity.md", "evaluate_demo", demo_evaluation),
     Block("docs/fidelity.md", "evaluate_demo gain", demo_gain_per_photo, inline=True),
     Block("README.md", "gpu_model H100 seconds", h100_model_seconds, inline=True),

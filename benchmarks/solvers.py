@@ -12,6 +12,10 @@ the released weights. The release's 20-step Heun (39 evaluations) is the bar.
 
     python benchmarks/solvers.py            # the table of the README (about half an hour on a shared 2-core machine)
     python benchmarks/solvers.py --quick    # fewer cases
+    python benchmarks/solvers.py --released --threads 2
+        # the released layer widths (hidden 1280, 16 heads; 2 of its 28 layers, so that a 599-evaluation
+        # reference fits a CPU) and the bundled demo model, every solver at 13 evaluations against the
+        # release's 39 (about 40 minutes on a 2-core CPU)
 """
 from __future__ import annotations
 
@@ -70,6 +74,28 @@ def cases(quick: bool):
     return all_cases[:2] if quick else all_cases
 
 
+def released_cases():
+    """(label, config or "demo", model seed, LR size (h, w)): the released widths with and without the CLIP
+    vector, one and two blocks, and the bundled demo model."""
+    import dataclasses
+
+    widths = dataclasses.replace(InfDiTConfig.released(), layers=2)
+    return [
+        ("released widths, 2 layers, no CLIP", dataclasses.replace(widths, vector_dim=0), 0, (32, 32)),
+        ("released widths, 2 layers, CLIP", widths, 1, (32, 32)),
+        ("released widths, 2 layers, no CLIP", dataclasses.replace(widths, vector_dim=0), 2, (32, 48)),
+        ("demo model", "demo", 3, (48, 64)),
+    ]
+
+
+def model_for(config, seed: int):
+    if config == "demo":
+        from infdit_core import DEMO_MODEL_PATH, load_inf_dit
+
+        return load_inf_dit(DEMO_MODEL_PATH, dtype=torch.float32)
+    return random_model(config, seed)
+
+
 def steps_for(name: str, evaluations: int) -> int | None:
     """Steps that make exactly `evaluations` evaluations, or None."""
     for steps in range(1, evaluations + 1):
@@ -102,24 +128,28 @@ def run_case(model, lr, seed, runs):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 cases instead of 4")
+    parser.add_argument("--released", action="store_true",
+                        help="the released widths and the demo model, every solver at 13 evaluations")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    runs = sorted({(n, s) for n in solvers.SOLVERS for e in EVALUATIONS if (s := steps_for(n, e))} | {RELEASE})
+    budgets = (13,) if args.released else EVALUATIONS
+    runs = sorted({(n, s) for n in solvers.SOLVERS for e in budgets if (s := steps_for(n, e))} | {RELEASE})
     results = {run: [] for run in runs}
     t0 = time.time()
-    case_list = cases(args.quick)
+    case_list = released_cases() if args.released else cases(args.quick)
     for label, cfg, seed, (h, w) in case_list:
-        model = random_model(cfg, seed)
+        model = model_for(cfg, seed)
         for run, err in run_case(model, lr_image(h, w, seed), seed, runs):
             results[run].append(err)
             print(f"  {label} seed {seed}: {run[0]} {run[1]} steps: {err[0]:.1f} dB, max {err[1]:.2f}", file=sys.stderr, flush=True)
         print(f"case {label} seed {seed} LR {w}x{h}: done ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
 
     bar = min(p for p, _ in results[RELEASE])
-    print(f"ODE error against {REFERENCE[0]} {REFERENCE[1]} steps, {len(case_list)} random models "
-          f"(no-CLIP and CLIP, LR 24-64 px), the release's Karras noise levels 40 -> 0.002 -> 0.")
+    models = "; ".join(f"{label} (seed {seed}, LR {w}x{h})" for label, _, seed, (h, w) in case_list)
+    print(f"ODE error against {REFERENCE[0]} {REFERENCE[1]} steps, float32, {len(case_list)} models: {models}; "
+          "each model's own Karras noise levels (the release's: 40 -> 0.002 -> 0; the demo model's: 4 -> 0.002 -> 0).")
     print("PSNR of the difference (dB; mean and worst over models) and largest difference in 8-bit levels (worst).")
     print(f"Bar: {RELEASE[0]} {RELEASE[1]} steps (39 evaluations), worst case {bar:.1f} dB.\n")
     print("| solver | steps | evaluations | PSNR dB (mean) | PSNR dB (worst) | max diff (8-bit) | at least the bar |")
