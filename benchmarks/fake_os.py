@@ -48,12 +48,10 @@ def host_memory(available: int, meminfo_readable: bool = False):
             raise FileNotFoundError(2, "No such file or directory (emulated Windows/macOS)", "/proc/meminfo")
         return real_open(file, *a, **k)
 
-    total = max(available, 1)
-    memory = psutil._common.svmem(total, available, 0.0, total - available, available) \
-        if hasattr(psutil, "_common") and hasattr(psutil._common, "svmem") else None
+    memory = types.SimpleNamespace(total=available, available=available)  # the fields the pack reads
     with patched() as patch:
         patch(builtins, "open", guarded_open)
-        patch(psutil, "virtual_memory", lambda: memory if memory is not None else types.SimpleNamespace(total=total, available=available))
+        patch(psutil, "virtual_memory", lambda: memory)
         yield
 
 

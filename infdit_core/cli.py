@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints.checkpoint import CheckpointError
-from .hardware.devices import check_device, default_device
+from .hardware.devices import DEVICE_TYPES, check_device, default_device
 from .hardware.precision import DTYPES
 from .planning.options import BlockOptions
 from .sampling.options import SamplingOptions
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", choices=("auto", "device", "host"), default="auto",
                    help="where the full-size images live (auto: on the host when they do not fit --budget)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
-    p.add_argument("--device", dest="plan_device", choices=("cuda", "xpu", "mps", "cpu"), default=None,
+    p.add_argument("--device", dest="plan_device", choices=DEVICE_TYPES, default=None,
                    help="the kind of device to plan for, present here or not (default: cuda with --budget; its "
                         "attention path, block batch cap and memory rules differ: docs/performance.md, Devices)")
     p.add_argument("--offload-frontier", action="store_true")

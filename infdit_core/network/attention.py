@@ -149,8 +149,7 @@ def _one_call(q, k, v) -> torch.Tensor:
     if q.device.type == "cuda" and q.dtype != torch.float32 and _ONE_CALL.get(key) != "sdpa":
         if not traits(q.device).cudnn_attention:  # a HIP build: no cuDNN, whatever capability it reports
             _ONE_CALL[key] = "sdpa"
-        cap = capability(q.device) if _ONE_CALL.get(key) != "sdpa" else None
-        if cap is not None and cap >= (9, 0):
+        elif (cap := capability(q.device)) is not None and cap >= (9, 0):
             try:
                 out = torch.ops.aten._scaled_dot_product_cudnn_attention(qt, kt, vt, None, False)[0]
                 _ONE_CALL[key] = "cudnn"

@@ -54,6 +54,7 @@ class KeyValueStore:
         self._staged: dict = {}  # offloaded: layer -> (fetched spans per run, event)
         self._stream = None  # offloaded with pinned memory: the side stream of all copies
         self._async = False  # copies to and from the ring are non-blocking (the ring is pinned)
+        self._streams = None  # offloaded to pinned memory: torch.cuda or torch.xpu, for the side stream
 
     # --- where blocks are --------------------------------------------------------------------------
     def _position(self, blk: Block) -> int:
@@ -179,8 +180,7 @@ class KeyValueStore:
             staged = self._fetch(layer, runs, one)
         fetched, event = staged
         if event is not None:
-            backend = stream_backend(self._compute_device)
-            backend.current_stream(self._compute_device).wait_event(event)  # this fetch only, not the writes
+            self._streams.current_stream(self._compute_device).wait_event(event)  # this fetch only, not the writes
         return fetched
 
     @staticmethod
@@ -200,7 +200,7 @@ class KeyValueStore:
             if one:
                 read = [(kr[:, 0], vr[:, 0]) for kr, vr in read]
             if self._stream is not None:
-                event = stream_backend(self._compute_device).Event()
+                event = self._streams.Event()
                 event.record(self._stream)
         return self._views(read, where), event
 
@@ -270,6 +270,7 @@ class KeyValueStore:
         device = self.storage_device or k.device
         pin = device.type == "cpu" and k.device.type != "cpu" and traits(k.device).pinned_memory
         self._async = pin or device.type != "cpu"  # on the device, or pinned: never pageable host memory
+        self._streams = stream_backend(k.device) if pin else None
         shape = (self.slots, k.shape[0], *k.shape[2:])
         dtype = FLOAT8 if self.float8 else (self.storage_dtype or k.dtype)
 
@@ -300,7 +301,7 @@ class KeyValueStore:
     def _copy_stream(self, after_compute: bool = False, sources=()):
         """Offloaded to pinned memory: run copies on the side stream (ordered after the compute so far when
         `after_compute`), keeping their sources alive until done; otherwise plain copies."""
-        backend = stream_backend(self._compute_device) if self.offloaded and self._async else None
+        backend = self._streams if self.offloaded else None
         if backend is None:
             yield
             return
