@@ -162,6 +162,12 @@ def roofline_table() -> str:
     return "\n".join(tables[1])
 
 
+def first_run_table() -> str:
+    """benchmarks/gpu_model.py's modelled minutes of a 1024 -> 4096 run with nothing set, and with the release's
+    sampler (a model, not a measurement), from its result file."""
+    return "\n".join(markdown_tables(result("gpu_model.txt"))[-1])
+
+
 def h100_model_seconds() -> str:
     line = next(line for line in markdown_tables(result("gpu_model.txt"))[1] if line.startswith("| H100"))
     return line.strip("|").split("|")[-2].strip()
@@ -295,6 +301,8 @@ BLOCKS = (
     Block("docs/fidelity.md", "evaluate_demo", demo_evaluation),
     Block("docs/fidelity.md", "evaluate_demo gain", demo_gain_per_photo, inline=True),
     Block("README.md", "gpu_model H100 seconds", h100_model_seconds, inline=True),
+    Block("README.md", "gpu_model first run", first_run_table),
+    Block("web/docs/InfDiTLoader.md", "gpu_model first run", first_run_table),
     Block("README.md", "comfyui sampler count", comfyui_sampler_count, inline=True),
     Block("docs/comfyui.md", "comfyui sampler count", comfyui_sampler_count, inline=True),
     Block("docs/comfyui.md", "poster estimate", poster_estimate, inline=True),

@@ -5,7 +5,8 @@ needed) for a few block groups once the frontier is full, and scaled to the whol
 Printed per block and per evaluation: FLOPs of matmuls (and convolutions) and of attention, kernel launches,
 aten calls the host issues, element-wise bytes (read + written by every kernel that is not a matmul or an
 attention call), host-to-device and device-to-host bytes, and syncs (value reads and blocking copies) per
-group. From those, a roofline time per evaluation and for 13- and 39-evaluation runs on H100, H200, A100,
+group. From those, a roofline time per evaluation and for a whole run at the default settings (ipndm, 13
+evaluations) and with the release's sampler (heun, 20 steps: 39 evaluations) on H100, H200, A100,
 RTX 4090, RTX 3090 and T4, at auto settings and with the frontier offloaded: each class of kernels at its
 own rate, added (kernels run one after another on one stream), with the PCIe time of an offloaded frontier
 overlapped with compute (max of the two). Every assumption is printed with the figures. Nothing here was
@@ -29,6 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_cuda import Counts, record_steady_groups  # noqa: E402
 
 from infdit_core import InfDiTConfig  # noqa: E402
+from infdit_core.sampling import solvers  # noqa: E402
+
+
+def run_evaluations(solver: str) -> tuple[int, int]:
+    """(steps, network evaluations) of a run of the released model that sets only `solver` (steps: the model's own)."""
+    steps = solvers.own_steps(solver, InfDiTConfig.released().sampler_steps)
+    return steps, solvers.evaluations_for(solver, steps)
+
+
+RUNS = {"default": (solvers.DEFAULT_SOLVER, *run_evaluations(solvers.DEFAULT_SOLVER)),
+        "release": (solvers.RELEASE_SOLVER, *run_evaluations(solvers.RELEASE_SOLVER))}
 
 # name: (dense bf16/fp16 tensor TFLOP/s with fp32 accumulation, HBM TB/s, host link GB/s, architecture)
 GPUS = {
@@ -119,14 +131,25 @@ def main(argv=None) -> int:
                   f"{ev['kernels'] * f:.0f} | {ev['calls'] * f:.0f} | {ev['elementwise_bytes'] * f / 1e9:.4g} | "
                   f"{ev['h2d_bytes'] * f / 1e6:.4g} | {ev['d2h_bytes'] * f / 1e6:.4g} | {ev['syncs'] * f:.3g} |")
         print()
-        print("| GPU | matmul s | attention s | element-wise s | PCIe s | host s | per evaluation s | 13 evaluations s | 39 evaluations s |")
+        runs = " | ".join(f"{kind}: {name} {steps} steps, {n} evaluations s" for kind, (name, steps, n) in RUNS.items())
+        print(f"| GPU | matmul s | attention s | element-wise s | PCIe s | host s | per evaluation s | {runs} |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for gpu in GPUS:
             t, parts = roofline(ev, gpu, variant, offload)
+            whole = " | ".join(f"{n * t:.0f}" for _, _, n in RUNS.values())
             print(f"| {gpu} | {parts['matmul']:.2f} | {parts['attention']:.2f} | {parts['elementwise']:.2f} | "
-                  f"{parts['pcie']:.2f} | {parts['host']:.2f} | {t:.2f} | {13 * t:.0f} | {39 * t:.0f} |")
+                  f"{parts['pcie']:.2f} | {parts['host']:.2f} | {t:.2f} | {whole} |")
             rows.append((label, gpu, t))
         print()
+    first = rows[0][0]  # auto block batch, frontier on the device: what a run with nothing set gets
+    (name, steps, n), (rname, rsteps, rn) = RUNS["default"], RUNS["release"]
+    print(f"## 1024 -> 4096 px with nothing set ({first}): the model's estimate, not a measurement")
+    print(f"| GPU | default ({name}, {n} evaluations) | release ({rname} {rsteps} steps, {rn} evaluations) |")
+    print("| --- | ---: | ---: |")
+    for label, gpu, t in rows:
+        if label == first:
+            print(f"| {gpu} | {n * t / 60:.1f} min | {rn * t / 60:.1f} min |")
+    print()
     print(f"(recorded in {time.perf_counter() - t0:.0f} s on fake CUDA)")
     return 0
 

@@ -17,7 +17,7 @@ from .sampling.color import COLOR_FIXES
 from .checkpoints.loader import DEMO_MODEL_PATH
 from .planning.plan import output_size
 from .batch.runner import add_arguments as add_batch_arguments
-from .sampling.solvers import SOLVERS
+from .sampling.solvers import DEFAULT_EVALUATIONS, DEFAULT_SOLVER, SOLVERS
 
 UPSCALE_HELP = """Upscale one image, or many with the model loaded once.
 
@@ -179,8 +179,9 @@ def resolve_device(args) -> None:
 
 
 def add_sampling_arguments(p) -> None:
-    p.add_argument("--sampler", choices=SOLVERS, default="heun",
-                   help="ODE solver (default heun, the release's; see the README for the faster ones)")
+    p.add_argument("--sampler", choices=SOLVERS, default=DEFAULT_SOLVER,
+                   help=f"ODE solver (default {DEFAULT_SOLVER}: {DEFAULT_EVALUATIONS} network evaluations with the "
+                        f"released model; heun = the release's sampler, 39 evaluations; docs/samplers.md)")
     p.add_argument("--color-fix", choices=COLOR_FIXES, default="none",
                    help="colour correction against the bicubic image: wavelet (its low frequencies), adain "
                         "(per-channel mean and spread), lab (its colour, the output's lightness); default none")
@@ -203,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--size", help="output size WIDTHxHEIGHT (each side at least the input's, at most 16x)")
     size.add_argument("--long-side", type=int, help="output long side in pixels, keeping the aspect ratio")
     size.add_argument("--megapixels", type=float, help="output megapixels (of 1024x1024 pixels), keeping the aspect ratio")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own; 20 for the released model)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own; for the released model 13 with the default "
+                   "sampler, 20 with heun)")
     p.add_argument("--seed", type=int, default=0, help="one image: its seed; several: the base from which each image's seed is derived")
     add_sampling_arguments(p)
     p.add_argument("--denoise", type=float, default=1.0,

@@ -28,6 +28,7 @@ COLOR_FIXES, get_sigmas_karras = core_package.COLOR_FIXES, core_package.get_sigm
 
 _solvers = _module("sampling.solvers")
 SOLVERS, check_sigmas, solver_evaluations = _solvers.SOLVERS, _solvers.check_sigmas, _solvers.evaluations_for
+DEFAULT_SOLVER, RELEASE_SOLVER, own_steps = _solvers.DEFAULT_SOLVER, _solvers.RELEASE_SOLVER, _solvers.own_steps
 _memory = _module("planning.memory")
 default_budget, default_free_memory, image_buffers = (
     _memory.default_budget, _memory.free_device_memory, _memory.image_buffers)

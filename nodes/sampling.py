@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import comfy_adapter as comfy
-from .core import COLOR_FIXES, SOLVERS, check_sigmas, get_sigmas_karras, solver_evaluations
+from .core import COLOR_FIXES, DEFAULT_SOLVER, SOLVERS, check_sigmas, get_sigmas_karras, solver_evaluations
 from .sampler_bridge import core_sampler, estimate_evaluations
 
 
@@ -16,7 +16,7 @@ class Sampling:
     label: str  # what runs, for logs: "heun", "ComfyUI dpmpp_2m_sde", ...
 
 
-def sampling(config, steps: int, sampler=None, sigmas=None, solver: str = "heun", denoise: float = 1.0,
+def sampling(config, steps: int, sampler=None, sigmas=None, solver: str = DEFAULT_SOLVER, denoise: float = 1.0,
              color_fix: str = "none") -> Sampling:
     """`steps` already resolved (0 = the model's own is the caller's job); one-line ValueError on bad input."""
     if solver not in SOLVERS:

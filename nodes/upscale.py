@@ -9,8 +9,8 @@ import torch
 from . import comfy_adapter as comfy
 from .block_size import BlockSettings
 from .core import (
-    BlockGroupDone, InfDiTOutOfMemory, SamplingOptions, image_buffers, parse_target, plan_blocks, plan_for,
-    run_with_recovery, upscale_image,
+    DEFAULT_SOLVER, BlockGroupDone, InfDiTOutOfMemory, SamplingOptions, image_buffers, own_steps, parse_target,
+    plan_blocks, plan_for, run_with_recovery, upscale_image,
 )
 from .progress import EVENT, BlockTracker
 from .sampling import COLOR_FIXES, SOLVERS, sampling
@@ -30,7 +30,7 @@ def _factor(scale) -> float:
 
 
 def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block_control=None, target: str = "",
-            compile: bool = False, sampler=None, sigmas=None, solver: str = "heun", denoise: float = 1.0,
+            compile: bool = False, sampler=None, sigmas=None, solver: str = DEFAULT_SOLVER, denoise: float = 1.0,
             color_fix: str = "none", node_id=None) -> NodeResult:
     handle, settings = model, block_control or BlockSettings()
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[0] < 1 or not 1 <= image.shape[-1] <= 4:
@@ -38,7 +38,7 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
         raise ValueError(f"Inf-DiT Upscale needs an IMAGE batch (B, H, W, 1..4 channels), got {shape}")
     b, h, w, _ = image.shape
     cfg = handle.config
-    steps = steps or cfg.sampler_steps  # 0 = the model's own
+    steps = steps or own_steps(solver if sampler is None else None, cfg.sampler_steps)  # 0 = the model's own
     how = sampling(cfg, steps, sampler, sigmas, solver, denoise, color_fix)  # bad input fails before any loading
     wanted = parse_target(target) or {"scale": _factor(scale)}
     device = comfy.torch_device()
@@ -110,8 +110,9 @@ def spec() -> NodeSpec:
             Input("scale", "combo", "Upscaling factor. The output is exactly scale x the input size. 2 and 4 are one "
                   "pass of the model; 8 and 16 two passes (x4 then x2 or x4); other factors run the passes that reach "
                   "them, then resize down (antialiased).", default="4", options=SCALE_OPTIONS),
-            Input("steps", "int", "Sampler steps (network passes: see solver). 0 = the model's own: 20 for "
-                  "the released model, 1 for the bundled demo model (its 2-3 step results are broken).",
+            Input("steps", "int", "Sampler steps (network passes: see solver). 0 = the model's own: for the released "
+                  "model 13 with ipndm (13 network passes), 20 with heun, the release's (39 passes) and the other "
+                  "solvers; 1 for the bundled demo model (its 2-3 step results are broken).",
                   default=0, min=0, max=200, step=1),
             Input("seed", "int", "Noise seed. The same seed, settings and image give the same start noise on any device (it is drawn on the "
                   "CPU); the built-in solvers then give the same result up to float rounding. A wired ancestral or SDE "
@@ -129,11 +130,12 @@ def spec() -> NodeSpec:
                   "with the node's seed for ancestral/SDE noise. CFG++ samplers do not apply (no guidance).", optional=True),
             Input("sigmas", "SIGMAS", "Optional noise levels (e.g. KarrasScheduler; the released model uses sigma_max 40, "
                   "sigma_min 0.002, rho 7). Replaces steps and denoise: their count sets the steps.", optional=True),
-            Input("solver", "combo", "Built-in ODE solver when no sampler is wired. heun = the release (2 x steps - 1 "
-                  "network passes); euler, dpmpp_2m, ipndm, ipndm_v, deis take 1 pass per step, dpm_2 two. Each gives "
-                  "what KSamplerSelect's sampler of the same name gives (ipndm, ipndm_v, deis: ComfyUI's methods "
-                  "since 0.2). ipndm_v at 13 steps is closer to the exact ODE solution than heun at 20.",
-                  default="heun", options=SOLVERS, optional=True),
+            Input("solver", "combo", "Built-in ODE solver when no sampler is wired. ipndm (the default) with 13 "
+                  "steps is as close to the exact ODE solution as the release's heun with 20 steps, at a third of the "
+                  "network passes. heun = the release's sampler, exact to the reference (2 x steps - 1 passes); "
+                  "euler, dpmpp_2m, ipndm, ipndm_v, deis take 1 pass per step, dpm_2 two. Each gives what "
+                  "KSamplerSelect's sampler of the same name gives (ipndm, ipndm_v, deis: ComfyUI's methods since 0.2).",
+                  default=DEFAULT_SOLVER, options=SOLVERS, optional=True),
             Input("denoise", "float", "How much of the noise schedule to run, as KSampler's denoise. 1 = from full noise "
                   "(the release). Lower starts at a lower noise level: closer to the input, less new detail and less "
                   "grain, and its shorter stretch needs fewer steps (the steps widget still sets how many run).",

@@ -56,7 +56,9 @@ SOLVER_IMAGE_BUFFERS = {"heun": 5, "euler": 3, "dpm_2": 4, "dpmpp_2m": 4, "ipndm
 EXTERNAL_SAMPLER_BUFFERS = 8  # a sampler function from ComfyUI/k-diffusion: not in place (its heun: 8)
 # After sampling, the colour fix: u, x and the wavelet's blurred copies (lab and adain work in strips).
 COLOR_FIX_BUFFERS = {"none": 2, "wavelet": 5, "adain": 2, "lab": 2}
-DEFAULT_IMAGE_BUFFERS = SOLVER_IMAGE_BUFFERS["heun"]
+# The default solver's (sampling.solvers.DEFAULT_SOLVER, a layer up; tests/core/test_image_buffers.py holds
+# the two together): what an estimate counts when it is not told the solver.
+DEFAULT_IMAGE_BUFFERS = SOLVER_IMAGE_BUFFERS["ipndm"]
 CLIP_VISUAL_PARAMS = 303_966_976  # open_clip ViT-L-14 image tower
 
 
@@ -89,7 +91,7 @@ class MemoryEstimate:
         return text + (f" + host {self.host / gb:.2f} GiB" if self.host else "")
 
 
-def image_buffers(sampler="heun", color_fix: str = "none") -> int:
+def image_buffers(sampler, color_fix: str = "none") -> int:
     """Full-size images a run keeps at its peak: `sampler` a built-in solver's name, or anything else
     (a wired ComfyUI sampler); the colour fix runs after sampling, so the larger of the two counts."""
     solver = SOLVER_IMAGE_BUFFERS.get(sampler, EXTERNAL_SAMPLER_BUFFERS) if isinstance(sampler, str) else EXTERNAL_SAMPLER_BUFFERS
@@ -124,7 +126,7 @@ def estimate_peak_bytes(
     blocks: how the blocks are walked (BlockOptions): an offloaded frontier counts on the host; float8
     stores cached keys/values in 1 byte with one float32 scale per block, layer, tensor and image;
     images="host" keeps the sampler's full-size images there (only each group's blocks go to the device).
-    image_buffers: full-size images the solver and colour fix keep (`image_buffers()`; default: heun).
+    image_buffers: full-size images the solver and colour fix keep (`image_buffers()`; default: the default solver's).
     device: the compute device (None: the CPU's figures). On CUDA the attention path it will take
     (`attention_path`) and the page-locked host memory as torch's allocator rounds it are counted."""
     offload_frontier, float8_frontier, scan = blocks.offload_frontier, blocks.float8_frontier, blocks.scan

@@ -9,16 +9,18 @@ from typing import Callable
 
 import torch
 
+from .solvers import DEFAULT_SOLVER
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """sampler: a built-in solver's name (solvers.SOLVERS) or a k-diffusion-style function; steps: None =
-    the model's own; sigmas: the noise levels (then they set the steps); denoise: in (0, 1], as KSampler's;
+    """sampler: a built-in solver's name (solvers.SOLVERS; default ipndm, "heun" = the release's) or a
+    k-diffusion-style function; steps: None = the model's own (solvers.own_steps); sigmas: the noise levels (then they set the steps); denoise: in (0, 1], as KSampler's;
     color_fix: "none", "wavelet", "adain" or "lab"; seed: of the start noise (pass k uses seed + k);
     compile: torch.compile the layers; evaluations: a sampler function's expected network evaluations
     (progress only; the built-in solvers' count is exact)."""
 
-    sampler: str | Callable = "heun"
+    sampler: str | Callable = DEFAULT_SOLVER
     steps: int | None = None
     sigmas: torch.Tensor | None = field(default=None, compare=False)
     denoise: float = 1.0

@@ -18,6 +18,22 @@ import numpy as np
 import torch
 
 SOLVERS = ("heun", "euler", "dpm_2", "dpmpp_2m", "ipndm", "ipndm_v", "deis")
+RELEASE_SOLVER = "heun"  # the release's sampler: with the model's own 20 steps, exact to the reference
+# What runs when nothing is set. Chosen by `benchmarks/solvers.py --released` (docs/samplers.md): at 13
+# evaluations ipndm is at least as close to the exact ODE solution as the release's Heun with 39 on every
+# model measured; ipndm_v is closer on most but not on the demo model.
+DEFAULT_SOLVER = "ipndm"
+DEFAULT_EVALUATIONS = 13
+
+
+def own_steps(sampler, model_steps: int) -> int:
+    """Steps when the caller sets none (steps None, the node's 0): the model's own. `model_steps` is the
+    model's stored Heun steps (`config.sampler_steps`: 20 for the released model, 39 evaluations); every
+    sampler takes that count, but the default solver, which takes as many evaluations as that Heun run
+    and at most 13 (13 for the released model, the demo model's 1 for the demo model)."""
+    if sampler == DEFAULT_SOLVER:
+        return min(DEFAULT_EVALUATIONS, evaluations_for(RELEASE_SOLVER, model_steps))
+    return model_steps
 
 
 def evaluations_for(sampler_name: str, steps: int) -> int:

@@ -120,15 +120,16 @@ def format_table(rows: list[dict]) -> str:
 
 def evaluate(args) -> int:
     from ..checkpoints.loader import DEMO_MODEL_PATH, load_inf_dit
+    from ..sampling.solvers import DEFAULT_SOLVER, own_steps
 
     model_path = args.model or DEMO_MODEL_PATH
     if args.model is None:
         print(f"no --model given: evaluating the bundled demo model {DEMO_MODEL_PATH.name}", file=sys.stderr)
     model = load_inf_dit(model_path, dtype=getattr(args, "dtype", "auto"))
     images = held_out_images(args.images, args.crop)
-    steps = model.config.sampler_steps if args.steps is None else args.steps
+    sampler, color_fix = getattr(args, "sampler", DEFAULT_SOLVER), getattr(args, "color_fix", "none")
+    steps = own_steps(sampler, model.config.sampler_steps) if args.steps is None else args.steps
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    sampler, color_fix = getattr(args, "sampler", "heun"), getattr(args, "color_fix", "none")
     rows = evaluate_model(model, images, steps, args.seed, args.save, log, sampler=sampler, color_fix=color_fix)
     print(f"x4 from antialiased-bicubic /4, {len(images)} held-out images, model {Path(model_path).name}, "
           f"{str(model.dtype).removeprefix('torch.')}, {sampler} {steps} steps, colour fix {color_fix}, seed {args.seed}")

@@ -102,7 +102,7 @@ def test_pinned_memory_is_counted_as_the_allocator_rounds_it():
     assert [host.pinned_bytes(n) for n in (0, 1, 1000, 1024, 1025)] == [0, 1, 1024, 1024, 2048]
     cfg = InfDiTConfig.released()
     args = (cfg, 16384, 16384, 1, torch.bfloat16, BlockOptions(offload_frontier=True, images="host"))
-    images = 5 * 3 * 16384 * 16384 * 4  # heun's full-size float32 images: pageable, counted as they are
+    images = 6 * 3 * 16384 * 16384 * 4  # the default solver ipndm's full-size float32 images: pageable, counted as they are
     plain = memory.estimate_peak_bytes(*args)
     cuda = memory.estimate_peak_bytes(*args, device="cuda")
     ring = (plain.host - images) // (2 * cfg.layers)  # one layer's key (or value) ring

@@ -64,7 +64,7 @@ def test_the_estimate_moves_the_images_to_the_host():
     cfg = InfDiTConfig.released()
     on_device = estimate_peak_bytes(cfg, 8192, 8192, 1)
     on_host = estimate_peak_bytes(cfg, 8192, 8192, 1, blocks=BlockOptions(images="host"))
-    full = SOLVER_IMAGE_BUFFERS["heun"] * 3 * 8192 * 8192 * 4  # the default solver's float32 full-size buffers
+    full = SOLVER_IMAGE_BUFFERS["ipndm"] * 3 * 8192 * 8192 * 4  # the default solver's float32 full-size buffers
     assert on_device.images == full and on_device.host == 0
     assert on_host.host == full and on_host.images < full / 1000
     assert on_host.frontier == on_device.frontier and on_host.weights == on_device.weights
@@ -100,7 +100,7 @@ def test_a_run_that_does_not_fit_the_host_is_refused_before_it_starts(model):
         check_host_memory(plan, compute_on_cpu=False, available=16 * GIB)
     message = str(err.value)
     assert "4096x4096 -> 16384x16384" in message and "16.0 GiB is available" in message
-    assert "needs about 32.6 GiB of host memory" in message and "at most about 11471x11471" in message
+    assert "needs about 35.6 GiB of host memory" in message and "at most about 10978x10978" in message
     check_host_memory(plan, compute_on_cpu=False, available=64 * GIB)  # fits: no error
 
 

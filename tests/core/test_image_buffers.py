@@ -76,3 +76,10 @@ def test_strip_wise_colour_fixes_equal_the_whole_image_ones(monkeypatch):
         assert torch.equal(out, kept)  # not in place unless asked
         strips = color.apply_color_fix(name, out.clone(), ref, in_place=True)
         assert torch.allclose(strips, whole(out, ref), atol=1e-5)
+
+
+def test_an_estimate_not_told_the_solver_counts_the_default_solvers_images(model):
+    from infdit_core.planning.memory import DEFAULT_IMAGE_BUFFERS
+
+    assert DEFAULT_IMAGE_BUFFERS == SOLVER_IMAGE_BUFFERS[solvers.DEFAULT_SOLVER] == image_buffers(solvers.DEFAULT_SOLVER, "none")
+    assert peak_images(model, lr_image(64, 96), steps=5) == DEFAULT_IMAGE_BUFFERS  # sample() with no sampler named

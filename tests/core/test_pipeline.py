@@ -6,6 +6,7 @@ import torch
 
 from conftest import TINY, lr_image, random_model
 from infdit_core import InfDiTConfig, block_grid, sample, upscale_image
+from infdit_core.sampling import solvers
 from infdit_core.sampling.sampler import EvaluationDone
 from infdit_core.sampling.pipeline import pad_to_multiple, upsample
 
@@ -63,13 +64,25 @@ def test_upscale_image_keeps_channels_and_range(model, channels):
 
 
 def test_without_steps_the_model_samples_with_its_own_number(model):
-    """steps=None takes config.sampler_steps (20 for the released model; a demo model stores its own)."""
+    """steps=None: the model's own. Its stored Heun steps (config.sampler_steps: 20 for the released model, a demo
+    model stores its own) for the release's heun; for the default solver as many evaluations, at most 13."""
     tuned = random_model(dataclasses.replace(TINY, sampler_steps=3), seed=7)
-    seen = []
-    sample(tuned, lr_image(8, 8), callback=lambda e: seen.append(e.evaluations) if isinstance(e, EvaluationDone) else None)
-    assert seen == [5] * 5  # 3 Heun steps = 5 network passes
-    assert torch.equal(sample(tuned, lr_image(8, 8)), sample(tuned, lr_image(8, 8), steps=3))
-    assert InfDiTConfig().sampler_steps == 20
+
+    def evaluations(**kwargs):
+        seen = []
+        sample(tuned, lr_image(8, 8), callback=lambda e: seen.append(e.evaluations) if isinstance(e, EvaluationDone) else None, **kwargs)
+        return seen
+
+    assert evaluations() == [5] * 5  # ipndm: 5 steps, the evaluations of 3 Heun steps
+    assert evaluations(sampler="heun") == [5] * 5  # 3 Heun steps = 5 network passes
+    assert evaluations(sampler="euler") == [3] * 3
+    assert torch.equal(sample(tuned, lr_image(8, 8)), sample(tuned, lr_image(8, 8), steps=5, sampler="ipndm"))
+    assert torch.equal(sample(tuned, lr_image(8, 8), sampler="heun"), sample(tuned, lr_image(8, 8), steps=3, sampler="heun"))
+    released = InfDiTConfig()
+    assert released.sampler_steps == 20
+    assert solvers.evaluations_for("heun", solvers.own_steps("heun", released.sampler_steps)) == 39  # the release
+    assert solvers.own_steps(solvers.DEFAULT_SOLVER, released.sampler_steps) == 13 == solvers.DEFAULT_EVALUATIONS
+    assert solvers.own_steps(solvers.DEFAULT_SOLVER, 1) == 1  # the demo model's one step stays one
 
 
 def test_padding_reflects_and_replicates_when_too_small():

@@ -76,7 +76,7 @@ def test_a_resized_factor_is_the_passes_then_an_antialiased_resize(model):
 
 def test_events_cover_every_pass(model):
     events = []
-    upscale_image(model, picture(), scale=8, steps=2, block_batch=1, callback=events.append)
+    upscale_image(model, picture(), scale=8, steps=3, block_batch=1, callback=events.append)
     groups = [e for e in events if isinstance(e, BlockGroupDone)]
     evals = [e for e in events if isinstance(e, EvaluationDone)]
     assert {(e.pass_index, e.passes) for e in evals} == {(0, 2), (1, 2)}

@@ -28,11 +28,18 @@ def events_of(model, lr, **kwargs):
     return out, [e for e in events if isinstance(e, EvaluationDone)], [e for e in events if isinstance(e, BlockGroupDone)]
 
 
-def test_the_defaults_are_todays_result_bit_for_bit(model, lr):
-    today = sample(model, lr, steps=3, seed=3)
+def test_the_release_sampler_is_one_choice_away_bit_for_bit(model, lr):
+    release = sample(model, lr, steps=3, seed=3, sampler="heun")
     same = sample(model, lr, steps=3, seed=3, sampler="heun", sigmas=None, denoise=1.0, color_fix="none")
-    by_sigmas = sample(model, lr, seed=3, sigmas=get_sigmas_karras(3, TINY.sigma_min, TINY.sigma_max))
-    assert torch.equal(today, same) and torch.equal(today, by_sigmas)
+    by_sigmas = sample(model, lr, seed=3, sampler="heun", sigmas=get_sigmas_karras(3, TINY.sigma_min, TINY.sigma_max))
+    assert torch.equal(release, same) and torch.equal(release, by_sigmas)
+
+
+def test_nothing_set_runs_the_default_solver(model, lr):
+    assert solvers.DEFAULT_SOLVER == "ipndm" and solvers.RELEASE_SOLVER == "heun"
+    default = sample(model, lr, steps=3, seed=3)
+    assert torch.equal(default, sample(model, lr, steps=3, seed=3, sampler="ipndm"))
+    assert not torch.equal(default, sample(model, lr, steps=3, seed=3, sampler="heun"))
 
 
 @pytest.mark.parametrize("name", SOLVERS)
@@ -68,10 +75,10 @@ def test_a_raising_callback_cancels_every_solver(model, lr, name):
 def test_denoise_starts_later_on_a_longer_schedule(model, lr, denoise, steps):
     longer = get_sigmas_karras(int(steps / denoise), TINY.sigma_min, TINY.sigma_max)
     tail = longer[-(steps + 1):]
-    out, evals, _ = events_of(model, lr, steps=steps, denoise=denoise)
+    out, evals, _ = events_of(model, lr, steps=steps, denoise=denoise, sampler="heun")
     assert evals[0].sigma == pytest.approx(float(tail[0]), rel=1e-6) and tail[0] < TINY.sigma_max
     assert len(evals) == 2 * steps - 1
-    assert torch.equal(out, sample(model, lr, seed=3, sigmas=tail))
+    assert torch.equal(out, sample(model, lr, seed=3, sigmas=tail, sampler="heun"))
 
 
 def test_lower_denoise_stays_closer_to_the_bicubic_image(model, lr):
@@ -153,8 +160,8 @@ def kd_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable
     return x
 
 
-def test_a_k_diffusion_heun_with_the_release_sigmas_gives_the_default_result(model, lr):
-    default = sample(model, lr, steps=4, seed=3)
+def test_a_k_diffusion_heun_with_the_release_sigmas_gives_the_release_result(model, lr):
+    default = sample(model, lr, steps=4, seed=3, sampler="heun")
     sigmas = get_sigmas_karras(4, TINY.sigma_min, TINY.sigma_max)
     out, evals, groups = events_of(model, lr, sampler=kd_heun, sigmas=sigmas, evaluations=7)
     assert torch.equal(out, default)
@@ -226,8 +233,8 @@ def test_lab_fix_keeps_the_lightness_and_takes_the_colour():
 
 @pytest.mark.parametrize("color_fix", COLOR_FIXES[1:])
 def test_colour_fix_in_the_pipeline_pulls_the_output_towards_the_bicubic_image(model, lr, color_fix):
-    raw = sample(model, lr, steps=2, seed=3)
-    fixed = sample(model, lr, steps=2, seed=3, color_fix=color_fix)
+    raw = sample(model, lr, steps=2, seed=3, sampler="heun")
+    fixed = sample(model, lr, steps=2, seed=3, sampler="heun", color_fix=color_fix)
     u = upsample(lr, (80, 160)).clamp(-1, 1)
     assert fixed.shape == raw.shape
     assert (fixed.mean((2, 3)) - u.mean((2, 3))).abs().max() < (raw.mean((2, 3)) - u.mean((2, 3))).abs().max()

@@ -88,7 +88,7 @@ def test_sampling_is_equal_for_every_block_batch_and_offload(model, size):
 
 def test_group_callback_reports_every_block_once_per_evaluation(model):
     events = []
-    sample(model, lr_image(64, 96), steps=2, block_batch=2, callback=lambda e: events.append(e))
+    sample(model, lr_image(64, 96), steps=3, block_batch=2, callback=lambda e: events.append(e))
     groups = [e for e in events if isinstance(e, BlockGroupDone)]
     per_eval = {}
     for e in groups:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import lr_image, random_model
-from infdit_core import InfDiTConfig, sample
+from infdit_core import EvaluationDone, InfDiTConfig, sample
 
 
 def psnr_of_difference(a, b):
@@ -39,3 +39,8 @@ def test_ipndm_with_13_evaluations_is_as_exact_as_the_releases_heun_with_39(vect
     assert 30 < release < 60  # a real error, far above the reference's own
     assert fast >= release, (fast, release)
     assert dpmpp > release - 1.5, (dpmpp, release)  # 20 evaluations: within 1.5 dB of the 39 of Heun
+    # Nothing set (the released sampler config, 20 Heun steps): the default run is that 13-evaluation ipndm.
+    events = []
+    default = sample(model, lr, seed=1, callback=events.append)
+    assert max(e.evaluation for e in events if isinstance(e, EvaluationDone)) + 1 == 13
+    assert psnr_of_difference(default, reference) == fast

@@ -200,7 +200,7 @@ def test_upscale_offers_the_sampling_inputs(server):
     assert list(info["required"]) == ["model", "image", "scale", "steps", "seed"]  # 0.1.0's, unchanged
     optional = info["optional"]
     assert [optional[k][0] for k in ("sampler", "sigmas")] == ["SAMPLER", "SIGMAS"]
-    assert optional["solver"][1]["default"] == "heun" and optional["color_fix"][1]["default"] == "none"
+    assert optional["solver"][1]["default"] == "ipndm" and "heun" in str(optional["solver"]) and optional["color_fix"][1]["default"] == "none"
     assert optional["denoise"][1]["default"] == 1.0
     names = list(optional)
     assert names.index("block_control") < names.index("sampler") < names.index("sigmas") < names.index("solver")
@@ -224,10 +224,11 @@ def test_0_1_0_workflows_run_in_comfyui(server, name):
     assert images_of(server, history)[0].shape == (12 * scale, 16 * scale, 3)
 
 
-def test_comfyui_heun_with_release_karras_sigmas_gives_the_default(server):
+def test_comfyui_heun_with_release_karras_sigmas_gives_the_release(server):
     """ComfyUI's own heun (KSamplerSelect) and KarrasScheduler with the release's settings (the test model
-    has the released sampler config: 20 steps, sigma 40 -> 0.002, rho 7) give exactly the default image."""
-    default = run_prompt(server, upscale_graph(MODEL_NAME, seed=11))
+    has the released sampler config: 20 steps, sigma 40 -> 0.002, rho 7) give exactly the image of the
+    solver widget's heun (the release's sampler) at steps 0."""
+    default = run_prompt(server, upscale_graph(MODEL_NAME, seed=11, solver="heun"))
     wired = run_prompt(server, upscale_graph(MODEL_NAME, seed=11, sampler="heun", karras=(20, 40.0, 0.002, 7.0)))
     assert default["status"]["status_str"] == "success" and wired["status"]["status_str"] == "success", error_of(wired)
     (a,), (b,) = images_of(server, default), images_of(server, wired)
@@ -238,7 +239,7 @@ def test_comfyui_heun_with_release_karras_sigmas_gives_the_default(server):
 
 def test_comfyui_heun_matches_bit_for_bit_in_process():
     """The same in one ComfyUI process, on tensors: comfy.samplers.sampler_object('heun') and comfy's
-    get_sigmas_karras through the node give torch.equal results to the node's default."""
+    get_sigmas_karras through the node give torch.equal results to the node's heun (the release's sampler)."""
     script = f"""
 import sys
 sys.path.insert(0, {str(COMFYUI_DIR)!r}); sys.path.insert(0, {str(REPO)!r})
@@ -257,7 +258,7 @@ for p in model.parameters():
 handle = InfDiTHandle(model, "tiny")
 image = torch.rand(1, 40, 24, 3, generator=torch.Generator().manual_seed(1))
 cfg = model.config
-default = upscale.upscale(handle, image, "4", 0, 7).outputs[0]
+default = upscale.upscale(handle, image, "4", 0, 7, solver="heun").outputs[0]
 sigmas = get_sigmas_karras(cfg.sampler_steps, cfg.sigma_min, cfg.sigma_max, 7.0)
 wired = upscale.upscale(handle, image, "4", 0, 7, sampler=comfy.samplers.sampler_object("heun"), sigmas=sigmas).outputs[0]
 print("EQUAL" if torch.equal(default, wired) else f"DIFFERENT {{(default - wired).abs().max().item()}}")

@@ -38,7 +38,7 @@ def test_0_1_0_workflows_load_with_their_saved_values_and_new_defaults(path):
     inputs = upscale_inputs(path)
     # 0.1.0 saved [scale, steps, seed, control]: they keep their meaning; the widgets added later take their defaults
     assert [inputs["scale"], inputs["steps"], inputs["seed"]] == saved[:3]
-    assert (inputs["target"], inputs["solver"], inputs["denoise"], inputs["color_fix"]) == ("", "heun", 1.0, "none")
+    assert (inputs["target"], inputs["solver"], inputs["denoise"], inputs["color_fix"]) == ("", "ipndm", 1.0, "none")  # 0.1.0 had no solver: the new default
     assert "sampler" not in inputs and "sigmas" not in inputs
 
 

@@ -89,12 +89,12 @@ def run(handle, pic, steps=2, seed=3, **kw):
     return upscale.upscale(handle, pic, "4", steps, seed, BlockSettings(block_batch=1, scan="rows"), **kw)
 
 
-def test_comfy_heun_with_release_karras_sigmas_is_the_default(tiny_handle, monkeypatch):
+def test_comfy_heun_with_release_karras_sigmas_is_the_release(tiny_handle, monkeypatch):
     """The SAMPLER path with (ComfyUI's) Heun and a KarrasScheduler of the release's settings (the model's
-    steps, its sigma_max/sigma_min, rho 7) gives exactly the default result."""
+    steps, its sigma_max/sigma_min, rho 7) gives exactly the release's result (solver heun, steps 0)."""
     monkeypatch.setattr(tiny_handle.model, "config", dataclasses.replace(tiny_handle.config, sampler_steps=4))
     cfg, pic = tiny_handle.config, image(h=40, w=24)  # 2 blocks: the frontier cache is used too
-    default = upscale.upscale(tiny_handle, pic, "4", 0, 3).outputs[0]
+    default = upscale.upscale(tiny_handle, pic, "4", 0, 3, solver="heun").outputs[0]
     sigmas = get_sigmas_karras(cfg.sampler_steps, cfg.sigma_min, cfg.sigma_max, 7.0)
     wired = upscale.upscale(tiny_handle, pic, "4", 0, 3, sampler=KSampler(sample_heun), sigmas=sigmas).outputs[0]
     assert torch.equal(wired, default)
@@ -104,7 +104,7 @@ def test_comfy_heun_with_release_karras_sigmas_is_the_default(tiny_handle, monke
 def test_comfy_heun_without_sigmas_follows_steps(tiny_handle):
     pic = image()
     assert torch.equal(run(tiny_handle, pic, steps=3, sampler=KSampler(sample_heun)).outputs[0],
-                       run(tiny_handle, pic, steps=3).outputs[0])
+                       run(tiny_handle, pic, steps=3, solver="heun").outputs[0])
 
 
 def test_the_sampler_sees_our_edm_model_sampling(tiny_handle):
@@ -155,7 +155,7 @@ def test_progress_counts_the_samplers_evaluations(tiny_handle, monkeypatch, func
 
 
 def test_a_wrong_estimate_only_stretches_the_bar(tiny_handle, monkeypatch):
-    default = run(tiny_handle, image(), steps=3).outputs[0]
+    default = run(tiny_handle, image(), steps=3, solver="heun").outputs[0]
     updates = progress_of(monkeypatch)
     monkeypatch.setitem(sampler_bridge.EVALUATIONS_PER_STEP, "heun", (1, 0))  # claims 3, runs 5
     out = run(tiny_handle, image(), steps=3, sampler=KSampler(sample_heun)).outputs[0]
@@ -199,7 +199,7 @@ def test_denoise_and_color_fix_reach_the_core(tiny_handle, monkeypatch):
     monkeypatch.setattr(upscale, "upscale_image", lambda model, **kw: (seen.append(kw), real(model, **kw))[1])
     pic = image()
     low = run(tiny_handle, pic, denoise=0.3, color_fix="wavelet").outputs[0]
-    assert seen[-1]["denoise"] == 0.3 and seen[-1]["color_fix"] == "wavelet" and seen[-1]["sampler"] == "heun"
+    assert seen[-1]["denoise"] == 0.3 and seen[-1]["color_fix"] == "wavelet" and seen[-1]["sampler"] == "ipndm"
     full = run(tiny_handle, pic).outputs[0]
     bicubic = torch.nn.functional.interpolate(pic.movedim(-1, 1), scale_factor=4, mode="bicubic").movedim(1, -1)
     assert (low - bicubic).abs().mean() < (full - bicubic).abs().mean()  # starts closer to the input
@@ -239,7 +239,7 @@ def test_sampling_inputs_come_after_the_older_ones_and_are_optional():
     assert names[start:start + len(new)] == new and start > names.index("block_control")
     assert all(spec.input(n).optional for n in new)
     assert (spec.input("sampler").kind, spec.input("sigmas").kind) == ("SAMPLER", "SIGMAS")
-    assert (spec.input("solver").default, spec.input("denoise").default, spec.input("color_fix").default) == ("heun", 1.0, "none")
+    assert (spec.input("solver").default, spec.input("denoise").default, spec.input("color_fix").default) == ("ipndm", 1.0, "none")
     assert "less new detail" in spec.input("denoise").tooltip
 
 

@@ -10,8 +10,8 @@ from nodes import comfy_adapter, upscale
 from nodes.block_size import BlockSettings
 
 
-def run(handle, image, scale="4", steps=1, seed=0, control=None):
-    return upscale.upscale(handle, image, scale, steps, seed, control)
+def run(handle, image, scale="4", steps=1, seed=0, control=None, **widgets):
+    return upscale.upscale(handle, image, scale, steps, seed, control, **widgets)
 
 
 def image(b=1, h=16, w=16, c=3, seed=0):
@@ -68,8 +68,8 @@ def test_progress_and_block_messages_advance_per_group(tiny_handle, monkeypatch)
 
     clock = iter(0.1 * i for i in range(1000))  # the preview's clock: a group every 0.1 s
     monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: next(clock)))
-    run(tiny_handle, image(h=40, w=24), steps=2, control=BlockSettings(block_batch=1, scan="rows"))
-    # 2 steps = 3 network passes, 2 groups each
+    run(tiny_handle, image(h=40, w=24), steps=3, control=BlockSettings(block_batch=1, scan="rows"))
+    # 3 steps of the default ipndm = 3 network passes, 2 groups each
     assert [u[:2] for u in updates] == [(i, 6) for i in range(1, 7)]
     assert updates[0][2] == updates[-1][2] == (96, 160)  # preview = the real output, width x height
     # throttled to 4 a second: at 0.0, 0.3 (not 0.1, 0.2: under 0.25 s apart), then the last group, 0.5
@@ -85,10 +85,31 @@ def test_steps_0_samples_with_the_models_own_number(tiny_handle, monkeypatch):
     updates = []
     monkeypatch.setattr(comfy_adapter.Progress, "update", lambda self, v, t, preview=None: updates.append((v, t)))
     monkeypatch.setattr(tiny_handle.model, "config", dataclasses.replace(tiny_handle.config, sampler_steps=2))
-    out = run(tiny_handle, image(h=40, w=24), steps=0, control=BlockSettings(block_batch=1, scan="rows"))
-    assert updates[-1] == (6, 6)  # 2 steps = 3 network passes of 2 groups
-    same = run(tiny_handle, image(h=40, w=24), steps=2, control=BlockSettings(block_batch=1, scan="rows"))
-    assert torch.equal(out.outputs[0], same.outputs[0])
+    blocks = BlockSettings(block_batch=1, scan="rows")
+    release = run(tiny_handle, image(h=40, w=24), steps=0, control=blocks, solver="heun")
+    assert updates[-1] == (6, 6)  # heun, the model's 2 steps = 3 network passes of 2 groups
+    same = run(tiny_handle, image(h=40, w=24), steps=2, control=blocks, solver="heun")
+    assert torch.equal(release.outputs[0], same.outputs[0])
+    default = run(tiny_handle, image(h=40, w=24), steps=0, control=blocks)
+    assert updates[-1] == (6, 6)  # ipndm: as many passes as the model's Heun, at most 13
+    assert torch.equal(default.outputs[0], run(tiny_handle, image(h=40, w=24), steps=3, control=blocks, solver="ipndm").outputs[0])
+
+
+def test_a_saved_heun_with_steps_0_runs_the_releases_39_evaluations(tiny_handle, monkeypatch):
+    """A workflow saved before ipndm became the default holds solver heun, steps 0: still the release's 20
+    Heun steps. Left at their defaults the widgets run 13 evaluations (the released model's config)."""
+    seen = []
+    real = upscale.upscale_image
+    monkeypatch.setattr(upscale, "upscale_image", lambda model, **kw: (seen.append(kw), real(model, **kw))[1])
+    monkeypatch.setattr(tiny_handle.model, "config", dataclasses.replace(tiny_handle.config, sampler_steps=20))
+    spec = upscale.spec()
+    defaults = {i.name: i.default for i in spec.inputs if i.is_widget}
+    pic = image(h=8, w=8)
+    saved = run(tiny_handle, pic, steps=0, solver="heun")
+    assert (seen[-1]["sampler"], seen[-1]["steps"]) == ("heun", 20) and saved.extra["progress"] == 39
+    fresh = upscale.upscale(tiny_handle, pic, defaults["scale"], defaults["steps"], 0, **{
+        k: v for k, v in defaults.items() if k not in ("scale", "steps", "seed")})
+    assert (seen[-1]["sampler"], seen[-1]["steps"]) == ("ipndm", 13) and fresh.extra["progress"] == 13
 
 
 def test_cancel_stops_within_one_group_and_frees_memory(tiny_handle, monkeypatch):
