@@ -127,9 +127,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .checkpoints.download import OFFICIAL_URL, download
+    from .checkpoints.download import download
 
-    path = download(args.to, args.url or OFFICIAL_URL, keep_pt=args.keep_pt, progress=True)
+    path = download(args.to, args.url, keep_pt=args.keep_pt, progress=True)
     print(f"the Inf-DiT weights are in {path}", file=sys.stderr)
     return 0
 
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="fetch the official weights and convert them to bf16 safetensors")
     p.add_argument("--to", help="folder to put inf-dit.safetensors in (default: ComfyUI/models/inf_dit when this pack "
                    "is in a ComfyUI's custom_nodes)")
-    p.add_argument("--url", help="where to fetch the official checkpoint from (default: the reference's link)")
+    p.add_argument("--url", help="where to fetch the official checkpoint from (default: $INFDIT_WEIGHTS_URL if set, else the reference's link)")
     p.add_argument("--keep-pt", action="store_true", help="keep the downloaded .pt next to the safetensors")
     p.set_defaults(func=cmd_download)
 

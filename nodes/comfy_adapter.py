@@ -59,6 +59,13 @@ def list_files(folder: str) -> list[str]:
     return names
 
 
+def model_folders(folder: str = MODEL_FOLDER) -> list[str]:
+    """The folders a model kind is read from, the default (models/<folder>) first."""
+    if COMFY:
+        return list(_folders.get_folder_paths(folder))
+    return list(FALLBACK_FOLDERS.get(folder, []))
+
+
 def full_path(folder: str, name: str) -> str:
     """Absolute path of a listed file; FileNotFoundError naming the folders searched otherwise."""
     if COMFY:
@@ -193,6 +200,18 @@ class Progress:
         self.value, self.total = value, total
         if self.bar is not None:
             self.bar.update_absolute(value, total, ("JPEG", preview, 512) if preview is not None else None)
+
+
+def send_progress_text(text: str, node_id) -> None:
+    """A line of text on the node (ComfyUI's progress text, e.g. bytes and time left); skipped without a server."""
+    if not COMFY or node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception as e:  # an older server without progress text: the bar alone shows the progress
+        log.debug("inf_dit: could not send progress text: %s", e)
 
 
 def send_to_browser(event: str, data: dict) -> None:

@@ -46,3 +46,4 @@ SamplingOptions = _module("sampling.options").SamplingOptions
 _pipeline = _module("sampling.pipeline")
 plan_for, upscale_planned = _pipeline.plan_for, _pipeline.upscale_planned
 BlockOptions = _module("planning.options").BlockOptions
+download = _module("checkpoints.download")

@@ -10,6 +10,7 @@ import torch
 from . import comfy_adapter as comfy
 from .core import DEMO_MODEL_PATH, DTYPES, load_inf_dit
 from .spec import Input, NodeResult, NodeSpec, Output
+from .weights import DOWNLOAD_OPTION, fetch_official_weights
 
 DEMO_OPTION = "infdit-demo (bundled)"
 CLIP_FROM_CHECKPOINT = "from checkpoint"
@@ -48,10 +49,12 @@ _loaded: "weakref.WeakValueDictionary[_Key, InfDiTHandle]" = weakref.WeakValueDi
 
 
 def model_options() -> list[str]:
+    """The checkpoints found, the bundled demo, and the official weights to download. The download choice
+    stays once the file is there (it then loads it): a workflow saved with it keeps validating."""
     options = comfy.list_files(comfy.MODEL_FOLDER)
     if DEMO_MODEL_PATH.is_file():
         options.append(DEMO_OPTION)
-    return options
+    return [*options, DOWNLOAD_OPTION]
 
 
 def resolve_model_path(name: str) -> str:
@@ -60,9 +63,8 @@ def resolve_model_path(name: str) -> str:
             raise FileNotFoundError(f"the bundled demo model is missing ({DEMO_MODEL_PATH}); reinstall the node pack")
         return str(DEMO_MODEL_PATH)
     if not name:
-        raise FileNotFoundError("no Inf-DiT model selected: get the official weights with `python -m infdit_core "
-                                "download` (run in this pack's folder: it puts them into models/inf_dit), or put a "
-                                "checkpoint (.safetensors or the official .pt) there yourself, then refresh")
+        raise FileNotFoundError(f"no Inf-DiT model selected: pick {DOWNLOAD_OPTION!r} to get the official weights, "
+                                "or put a checkpoint (.safetensors or the official .pt) into models/inf_dit, then refresh")
     return comfy.full_path(comfy.MODEL_FOLDER, name)
 
 
@@ -75,7 +77,10 @@ def resolve_dtype(weight_dtype: str) -> torch.dtype:
 
 
 def load(model_name: str, weight_dtype: str = "auto", clip_name: str = CLIP_FROM_CHECKPOINT, node_id=None) -> NodeResult:
-    path = os.path.realpath(resolve_model_path(model_name))
+    if model_name == DOWNLOAD_OPTION:  # the only network access, and only on this explicit choice
+        path = os.path.realpath(fetch_official_weights(node_id))
+    else:
+        path = os.path.realpath(resolve_model_path(model_name))
     clip_path = None if clip_name in (None, "", CLIP_FROM_CHECKPOINT) else os.path.realpath(comfy.full_path(comfy.CLIP_FOLDER, clip_name))
     dtype = resolve_dtype(weight_dtype)
     stat = os.stat(path)
@@ -97,7 +102,10 @@ def spec() -> NodeSpec:
         description="Loads an Inf-DiT super-resolution model (official .pt or .safetensors) from models/inf_dit.",
         inputs=(
             Input("model_name", "combo", "Checkpoint in models/inf_dit (or a folder from extra_model_paths.yaml, key "
-                  "inf_dit): the official mp_rank_00_model_states.pt or a converted .safetensors.",
+                  "inf_dit): the official mp_rank_00_model_states.pt or a converted .safetensors. "
+                  f"'{DOWNLOAD_OPTION}' downloads the official weights into models/inf_dit/inf-dit.safetensors on the "
+                  "first run (progress on the node; Cancel keeps the part fetched and the next run resumes), then "
+                  "loads that file. The environment variable INFDIT_WEIGHTS_URL points it at a mirror.",
                   options=tuple(model_options())),
             Input("weight_dtype", "combo", "Precision of the weights. auto = ComfyUI's choice for the GPU: bf16 on cards "
                   "that have it natively (RTX 30xx/40xx, A100, H100 and newer), fp16 on older ones (T4, V100, RTX 20xx); on a "

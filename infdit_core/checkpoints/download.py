@@ -5,12 +5,16 @@ HTTP Range requests after a dropped connection, retrying with timeouts instead o
 and a free-disk check first. It refuses what is not the checkpoint (a web page, a truncated file, another
 model) and leaves nothing behind, checks that the file loads strictly as the released config, then writes
 bf16 safetensors atomically next to where ComfyUI looks for them. A second run finds the file and does
-nothing. The only network access of the whole pack, and only when asked for.
+nothing. The only network access of the whole pack, and only when asked for (this command, or Load Inf-DiT's
+download choice, which calls `download` with its own progress callback).
+
+The URL: `--url`, else the environment variable INFDIT_WEIGHTS_URL (a mirror), else the official link.
 """
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -24,6 +28,8 @@ from .checkpoint import CheckpointError, convert, read_state_dict, split_state
 log = logging.getLogger("inf_dit")
 
 OFFICIAL_URL = "https://cloud.tsinghua.edu.cn/f/6e313f7e1236468e973b/?dl=1"  # from the reference's README
+URL_VARIABLE = "INFDIT_WEIGHTS_URL"  # a mirror of the same file (or a test's loopback server)
+RELEASED = InfDiTConfig.released()  # what the downloaded file must be
 OUTPUT_NAME = "inf-dit.safetensors"
 FETCHED_NAME = "inf-dit.pt"  # the official checkpoint as fetched (ComfyUI-Manager's model entry puts it here too)
 CHUNK = 1 << 20
@@ -39,6 +45,11 @@ class ResumableDownloadError(DownloadError):
     """The connection kept failing: the part already fetched is kept, and the next run resumes from it."""
 
 
+def weights_url() -> str:
+    """Where the weights come from: INFDIT_WEIGHTS_URL when set, else the official link."""
+    return os.environ.get(URL_VARIABLE, "").strip() or OFFICIAL_URL
+
+
 def default_folder() -> Path | None:
     """ComfyUI/models/inf_dit when this pack sits in a ComfyUI's custom_nodes folder, else None."""
     pack = Path(__file__).resolve().parents[2]
@@ -48,10 +59,12 @@ def default_folder() -> Path | None:
     return None
 
 
-def download(folder=None, url: str = OFFICIAL_URL, keep_pt: bool = False, progress: bool = True,
-             expected_config: InfDiTConfig | None = None) -> Path:
-    """The released weights as `folder`/inf-dit.safetensors (bf16); returns its path. `expected_config`:
-    what the file must be (the released config; tests pass their small one)."""
+def download(folder=None, url: str | None = None, keep_pt: bool = False, progress: bool = True,
+             expected_config: InfDiTConfig | None = None, on_progress=None) -> Path:
+    """The released weights as `folder`/inf-dit.safetensors (bf16); returns its path. `url`: None =
+    `weights_url()`. `expected_config`: what the file must be (the released config; tests pass their small
+    one). `on_progress(done_bytes, total_bytes or None)` after every chunk: anything it raises (a Cancel)
+    stops the download, keeps the part fetched for the next run to resume, and is raised again."""
     folder = Path(folder) if folder is not None else default_folder()
     if folder is None:
         raise DownloadError("where to put the weights? This pack is not inside a ComfyUI's custom_nodes folder: "
@@ -62,14 +75,26 @@ def download(folder=None, url: str = OFFICIAL_URL, keep_pt: bool = False, progre
     folder.mkdir(parents=True, exist_ok=True)
     pt = folder / FETCHED_NAME
     partial = folder / (FETCHED_NAME + ".partial")
+    stopped = []  # set when on_progress raised: the caller stopped us, the file is not to blame
+
+    def report(done, total):
+        try:
+            on_progress(done, total)
+        except BaseException:
+            stopped.append(True)
+            raise
+
     try:
         if not pt.is_file():
-            _fetch(url, partial, progress)
+            _fetch(url or weights_url(), partial, progress, report if on_progress is not None else None)
             partial.replace(pt)
-        _check_and_convert(pt, output, expected_config or InfDiTConfig.released())
+        _check_and_convert(pt, output, expected_config or RELEASED)
     except (ResumableDownloadError, KeyboardInterrupt):
         raise  # the partial file stays for the next run to resume
-    except BaseException as error:  # not the checkpoint: nothing of it is left behind
+    except BaseException as error:
+        if stopped:
+            raise  # cancelled: the partial file stays too
+        # not the checkpoint: nothing of it is left behind
         _remove_leftovers(error, (partial, pt))
         raise
     if not keep_pt:
@@ -92,7 +117,7 @@ def _remove_leftovers(error: BaseException, paths) -> None:
                 error.add_note(f"{leftover} could not be deleted ({e}): delete it by hand")
 
 
-def _fetch(url: str, partial: Path, progress: bool) -> None:
+def _fetch(url: str, partial: Path, progress: bool, on_progress=None) -> None:
     """Download to `partial`, resuming after a dropped connection; refuses a web page or a short file."""
     from tqdm import tqdm
 
@@ -108,7 +133,7 @@ def _fetch(url: str, partial: Path, progress: bool) -> None:
                         have = 0
                     total = _expected_size(response, have, total)
                     if attempt == 0:
-                        _check_disk(partial.parent, total)
+                        _check_disk(partial.parent, total, have)
                     bar.total, bar.n = total, have
                     bar.refresh()
                     _refuse_web_page(response)
@@ -116,6 +141,9 @@ def _fetch(url: str, partial: Path, progress: bool) -> None:
                         while chunk := response.read(CHUNK):
                             out.write(chunk)
                             bar.update(len(chunk))
+                            have += len(chunk)
+                            if on_progress is not None:
+                                on_progress(have, total)
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
                 if isinstance(e, urllib.error.HTTPError) and e.code < 500 and e.code != 416:
                     raise DownloadError(f"the server refused the download (HTTP {e.code}) at {url}: check the link, "
@@ -144,12 +172,12 @@ def _expected_size(response, have: int, known):
     return have + int(length) if length and length.isdigit() else known
 
 
-def _check_disk(folder: Path, total) -> None:
-    """Room for the download and the bf16 safetensors written from it (about half its size)."""
+def _check_disk(folder: Path, total, have: int = 0) -> None:
+    """Room for the rest of the download and the bf16 safetensors written from it (about half its size)."""
     if total is None:
         return
     free = shutil.disk_usage(folder).free
-    need = total + total // 2
+    need = total - have + total // 2
     if free < need:
         raise DownloadError(f"{folder} has {free / 2**30:.1f} GiB free; the download and the converted weights "
                             f"need about {need / 2**30:.1f} GiB: free some space or pass --to another folder")

@@ -1,12 +1,10 @@
 """`python -m infdit_core download` against loopback HTTP servers this test starts: a connection cut mid-file
 (resumed with a Range request), a web page, a file that is not a checkpoint and another model."""
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 import torch
 
 from conftest import TINY, random_model, write_official_pt
+from loopback import LoopbackServer
 from infdit_core import InfDiTConfig, load_inf_dit
 from infdit_core.checkpoints import download as dl
 from infdit_core.cli import main
@@ -19,34 +17,9 @@ def checkpoint(tmp_path_factory):
 
 
 def serve(body: bytes, content_type="application/octet-stream", cut_first_at=None):
-    """A loopback server for `body`; the first answer stops after `cut_first_at` bytes. Returns (url, log)."""
-    log = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            start = 0
-            ranged = self.headers.get("Range")
-            if ranged:
-                start = int(ranged.split("=")[1].split("-")[0])
-            log.append(start)
-            self.send_response(206 if ranged else 200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body) - start))
-            if ranged:
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            self.end_headers()
-            end = len(body) if cut_first_at is None or len(log) > 1 else cut_first_at
-            self.wfile.write(body[start:end])
-            self.wfile.flush()
-            if end < len(body):
-                self.connection.close()  # a dropped connection mid-file
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/weights?dl=1", log, server
+    """A loopback server for `body`; the first answer stops after `cut_first_at` bytes. Returns (url, log, server)."""
+    server = LoopbackServer(body, content_type, cut_first_at)
+    return server.url, server.log, server
 
 
 def test_a_cut_connection_resumes_and_the_result_loads(tmp_path, checkpoint):
@@ -120,3 +93,55 @@ def test_a_checkpoint_already_fetched_is_converted_without_fetching(tmp_path, ch
     path = dl.download(tmp_path, "http://127.0.0.1:9/unused", progress=False, expected_config=TINY)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inf-dit.safetensors"]
     assert load_inf_dit(path).config == TINY
+
+
+def test_a_cancel_from_the_progress_callback_keeps_the_partial_file_and_the_next_run_resumes(tmp_path, checkpoint, monkeypatch):
+    monkeypatch.setattr(dl, "CHUNK", 4096)  # several chunks of the small file
+    server = LoopbackServer(checkpoint)
+    seen = []
+
+    def cancel_after_three_chunks(done, total):
+        seen.append((done, total))
+        if len(seen) == 3:
+            raise KeyError("cancelled")  # whatever the caller raises comes back unchanged
+
+    try:
+        with pytest.raises(KeyError, match="cancelled"):
+            dl.download(tmp_path, server.url, progress=False, expected_config=TINY, on_progress=cancel_after_three_chunks)
+        partial = tmp_path / (dl.FETCHED_NAME + ".partial")
+        assert partial.stat().st_size == seen[-1][0] > 0 and seen[-1][1] == len(checkpoint)
+        assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+        path = dl.download(tmp_path, server.url, progress=False, expected_config=TINY, on_progress=lambda d, t: None)
+    finally:
+        server.shutdown()
+    assert server.log == [0, seen[-1][0]]  # the second run asked for the rest only
+    assert load_inf_dit(path).config == TINY and not partial.exists()
+
+
+def test_the_url_can_be_overridden_by_the_environment(tmp_path, checkpoint, monkeypatch):
+    server = LoopbackServer(checkpoint)
+    monkeypatch.setenv(dl.URL_VARIABLE, server.url)
+    monkeypatch.setattr(dl, "RELEASED", TINY)  # the file the mirror serves is the expected one
+    try:
+        assert dl.weights_url() == server.url
+        assert main(["download", "--to", str(tmp_path)]) == 0
+    finally:
+        server.shutdown()
+    assert server.log == [0] and (tmp_path / dl.OUTPUT_NAME).is_file()
+    monkeypatch.delenv(dl.URL_VARIABLE)
+    assert dl.weights_url() == dl.OFFICIAL_URL
+
+
+def test_no_disk_space_is_refused_before_anything_is_written(tmp_path, checkpoint, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    server = LoopbackServer(checkpoint)
+    try:
+        with pytest.raises(dl.DownloadError, match="GiB free"):
+            dl.download(tmp_path, server.url, progress=False, expected_config=TINY)
+    finally:
+        server.shutdown()
+    assert list(tmp_path.iterdir()) == []
