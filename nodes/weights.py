@@ -12,8 +12,8 @@ DOWNLOAD_OPTION = "inf-dit.safetensors (download, 2 GB)"
 TEXT_EVERY_S = 0.5  # progress text at most twice a second: a chunk arrives every few milliseconds
 
 
-def _gigabytes(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _duration(seconds: float) -> str:
@@ -42,7 +42,7 @@ class DownloadProgress:
             comfy.send_progress_text(self.text(done, total, now), self.node_id)
 
     def text(self, done: int, total: int | None, now: float) -> str:
-        line = f"Inf-DiT weights: {_gigabytes(done)}" + (f" of {_gigabytes(total)}" if total else "")
+        line = f"Inf-DiT weights: {_size(done)}" + (f" of {_size(total)}" if total else "")
         elapsed, fetched = now - self.started, done - self.first_bytes
         if elapsed > 0 and fetched > 0:
             rate = fetched / elapsed

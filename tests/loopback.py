@@ -1,6 +1,7 @@
-"""A loopback HTTP server for download tests: serves one body with Range support, and can cut its first
-answer short (a dropped connection), answer a web page, or send slowly (time to press Cancel). Its fields
-may be changed between requests; `log` holds the start byte of every request."""
+"""A loopback HTTP server for download tests: serves one body with Range support, and can cut its next
+answer short (a dropped connection, at byte `cut_next_at` of the file), answer a web page, or send slowly
+(time to press Cancel). Its fields may be changed between requests; `log` holds the start byte of every
+request."""
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class LoopbackServer:
     def __init__(self, body: bytes, content_type="application/octet-stream", cut_first_at=None, chunk_delay_s=0.0,
                  chunk=4096):
-        self.body, self.content_type, self.cut_first_at = body, content_type, cut_first_at
+        self.body, self.content_type, self.cut_next_at = body, content_type, cut_first_at
         self.chunk_delay_s, self.chunk = chunk_delay_s, chunk
         self.log = []
         owner = self
@@ -36,7 +37,8 @@ class LoopbackServer:
         if ranged:
             handler.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         handler.end_headers()
-        end = len(body) if self.cut_first_at is None or len(self.log) > 1 else self.cut_first_at
+        end, self.cut_next_at = (self.cut_next_at if self.cut_next_at is not None and self.cut_next_at > start
+                                 else len(body)), None
         try:
             for at in range(start, end, self.chunk):
                 handler.wfile.write(body[at:min(at + self.chunk, end)])

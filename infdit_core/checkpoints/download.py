@@ -137,8 +137,9 @@ def _fetch(url: str, partial: Path, progress: bool, on_progress=None) -> None:
                     bar.total, bar.n = total, have
                     bar.refresh()
                     _refuse_web_page(response)
+                    read = getattr(response, "read1", response.read)  # what has arrived: progress and Cancel stay live
                     with open(partial, "ab" if resumed else "wb") as out:
-                        while chunk := response.read(CHUNK):
+                        while chunk := read(CHUNK):
                             out.write(chunk)
                             bar.update(len(chunk))
                             have += len(chunk)

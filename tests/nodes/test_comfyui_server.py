@@ -35,21 +35,47 @@ def http(url, data=None, timeout=30):
         return json.loads(raw) if r.headers.get_content_type() == "application/json" else raw
 
 
+TEST_CONFIG = dict(layers=1, hidden=64, heads=2, vector_dim=0)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = Path(COMFYUI_DIR)
-    linked = [p for p in (root / "custom_nodes").iterdir() if p.resolve() == REPO]
+def weights_server(tmp_path_factory):
+    """A loopback server with the tiny model in the official .pt layout: "the official weights" for the
+    download choice (the test hook makes the pack expect the tiny config)."""
+    import torch
+    from loopback import LoopbackServer
+
+    from infdit_core import InfDiT, InfDiTConfig
+    from infdit_core.checkpoints.checkpoint import official_state_dict
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("official") / "model.pt"
+    torch.save({"module": official_state_dict(InfDiT(InfDiTConfig(**TEST_CONFIG)))}, path)
+    server = LoopbackServer(path.read_bytes())
+    yield server
+    server.shutdown()
+
+
+def link_into_custom_nodes(root: Path, source: Path, name: str) -> Path:
+    linked = [p for p in (root / "custom_nodes").iterdir() if p.resolve() == source]
     if not linked:
-        linked = [root / "custom_nodes" / "ComfyUI-Inf-DiT"]
-        linked[0].symlink_to(REPO, target_is_directory=True)
+        linked = [root / "custom_nodes" / name]
+        linked[0].symlink_to(source, target_is_directory=True)
+    return linked[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, weights_server):
+    root = Path(COMFYUI_DIR)
     global PACK_NAME
-    PACK_NAME = linked[0].name
+    PACK_NAME = link_into_custom_nodes(root, REPO, "ComfyUI-Inf-DiT").name
+    link_into_custom_nodes(root, REPO / "tests" / "nodes" / "comfyui_hook", "infdit-test-hook")
     from infdit_core import InfDiT, InfDiTConfig
     from infdit_core.checkpoints.checkpoint import save_model
     from PIL import Image
 
     (root / "models" / "inf_dit").mkdir(parents=True, exist_ok=True)
-    model = InfDiT(InfDiTConfig(layers=1, hidden=64, heads=2, vector_dim=0))
+    model = InfDiT(InfDiTConfig(**TEST_CONFIG))
     model.initialize_weights()
     save_model(model, root / "models" / "inf_dit" / MODEL_NAME)
     Image.new("RGB", (16, 12), (200, 80, 40)).save(root / "input" / "infdit-test.png")
@@ -62,7 +88,9 @@ def server(tmp_path_factory):
     log = open(tmp_path_factory.mktemp("comfyui") / "server.log", "w", encoding="utf-8")
     proc = subprocess.Popen(
         [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--disable-auto-launch"], cwd=root, stdout=log, stderr=subprocess.STDOUT)
+         "--disable-auto-launch"], cwd=root, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "INFDIT_WEIGHTS_URL": weights_server.url,
+             "INFDIT_TEST_EXPECTED_CONFIG": InfDiTConfig(**TEST_CONFIG).to_json()})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -466,3 +494,80 @@ def test_progress_previews_and_cancel(server):
     history = entry["status"]
     assert history["status_str"] == "error" and any(m[0] == "execution_interrupted" for m in history["messages"])
     assert http(server + "/queue")["queue_running"] == []
+
+
+DOWNLOAD_OPTION = "inf-dit.safetensors (download, 2 GB)"
+
+
+def test_the_weights_download_from_the_load_node_with_progress_cancel_and_resume(server, weights_server):
+    """Load Inf-DiT's download choice against a loopback server, in the real ComfyUI: a web page is refused and
+    leaves nothing; a slow download shows its bytes on the node's bar and a text with the speed, and Cancel
+    stops it keeping the part fetched; queued again it resumes from there through a cut connection, and the
+    upscale runs on the downloaded weights."""
+    import asyncio
+    import uuid
+
+    import aiohttp
+
+    folder = Path(COMFYUI_DIR) / "models" / "inf_dit"
+    for leftover in folder.glob("inf-dit.*"):
+        leftover.unlink()
+    info = http(server + "/object_info/InfDiTLoader")["InfDiTLoader"]["input"]["required"]["model_name"]
+    assert DOWNLOAD_OPTION in combo_options(info)
+    body = weights_server.body
+
+    def graph(seed):
+        g = upscale_graph(model=DOWNLOAD_OPTION, seed=seed)
+        g["1"]["inputs"]["image"] = "infdit-test.png"
+        return g
+
+    weights_server.body, weights_server.content_type = b"<!DOCTYPE html><html>Link expired</html>", "text/html"
+    refused = run_prompt(server, graph(1))
+    assert refused["status"]["status_str"] == "error" and "web page" in error_of(refused)
+    assert "\n" not in error_of(refused).strip() and list(folder.glob("inf-dit.*")) == []
+
+    weights_server.body, weights_server.content_type = body, "application/octet-stream"
+    weights_server.chunk_delay_s = 4.0 / (len(body) / weights_server.chunk)  # about 4 s: time to press Cancel
+    client = uuid.uuid4().hex
+
+    async def cancel_midway():
+        seen = {"progress": [], "texts": []}
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.replace('http', 'ws')}/ws?clientId={client}") as ws:
+                prompt_id = (await (await session.post(server + "/prompt", json={"prompt": graph(2), "client_id": client})).json())["prompt_id"]
+                cancelled = False
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        if int.from_bytes(message.data[:4], "big") == 3:  # TEXT: node id length, node id, text
+                            length = int.from_bytes(message.data[4:8], "big")
+                            seen["texts"].append((message.data[8:8 + length].decode(), message.data[8 + length:].decode()))
+                        continue
+                    event = json.loads(message.data)
+                    data = event.get("data", {})
+                    if event["type"] == "progress" and data.get("node") == "2":
+                        seen["progress"].append((data["value"], data["max"]))
+                    elif event["type"] == "execution_interrupted" and data.get("prompt_id") == prompt_id:
+                        return seen, prompt_id
+                    elif event["type"] in ("execution_success", "execution_error") and data.get("prompt_id") == prompt_id:
+                        pytest.fail(f"the download ended with {event['type']} before Cancel: {data}")
+                    if not cancelled and len(seen["progress"]) >= 5 and any("MB/s" in t for _, t in seen["texts"]):
+                        await session.post(server + "/interrupt")
+                        cancelled = True
+        pytest.fail(f"the websocket closed before the download was cancelled; saw {seen}")
+
+    seen, prompt_id = asyncio.run(asyncio.wait_for(cancel_midway(), 300))
+    assert {total for _, total in seen["progress"]} == {len(body)}  # the bar counts the file's bytes
+    node, text = seen["texts"][-1]
+    assert node == "2" and text.startswith("Inf-DiT weights: ") and " of " in text and "MB/s" in text and "left" in text
+    partial = folder / "inf-dit.pt.partial"
+    kept = partial.stat().st_size
+    assert 0 < kept < len(body)
+
+    weights_server.chunk_delay_s = 0.0
+    weights_server.cut_next_at = kept + (len(body) - kept) // 2  # the resumed answer drops midway too
+    requests_before = len(weights_server.log)
+    done = run_prompt(server, graph(3))
+    assert done["status"]["status_str"] == "success", error_of(done)
+    assert weights_server.log[requests_before:] == [kept, weights_server.log[-1]] and weights_server.log[-1] > kept
+    assert sorted(p.name for p in folder.glob("inf-dit.*")) == ["inf-dit.safetensors"]
+    assert images_of(server, done)[0].shape == (48, 64, 3)

@@ -209,6 +209,6 @@ def test_the_progress_text_gives_bytes_speed_and_time_left():
     progress = DownloadProgress(clock=lambda: next(clock))
     progress.started, progress.first_bytes = 0.0, 500_000_000  # resumed at 0.5 GB
     assert progress.text(700_000_000, 2_000_000_000, 10.0) == \
-        "Inf-DiT weights: 0.70 GB of 2.00 GB, 20.0 MB/s, about 65 s left"
+        "Inf-DiT weights: 700.0 MB of 2.00 GB, 20.0 MB/s, about 65 s left"
     assert progress.text(600_000_000, 2_000_000_000, 10.0).endswith("10.0 MB/s, about 2 min left")  # 140 s
-    assert progress.text(700_000_000, None, 10.0) == "Inf-DiT weights: 0.70 GB, 20.0 MB/s"
+    assert progress.text(1_700_000_000, None, 10.0) == "Inf-DiT weights: 1.70 GB, 120.0 MB/s"
