@@ -3,11 +3,13 @@ API (`comfy_entrypoint`) and serves web/ to the frontend. No NODE_CLASS_MAPPINGS
 ignores comfy_entrypoint when a pack exports both."""
 from .nodes import SPECS, comfy_adapter
 from .nodes.block_size import estimate_query
+from .nodes.sampling import evaluations_query
 
 WEB_DIRECTORY = "./web"
 
 comfy_adapter.register_model_folder()
 comfy_adapter.add_json_route("/inf_dit/estimate", estimate_query)
+comfy_adapter.add_json_route("/inf_dit/evaluations", evaluations_query)
 
 
 async def comfy_entrypoint():

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import comfy_adapter as comfy
-from .core import COLOR_FIXES, DEFAULT_SOLVER, SOLVERS, check_sigmas, get_sigmas_karras, solver_evaluations
+from .core import (
+    COLOR_FIXES, DEFAULT_SOLVER, SOLVERS, InfDiTConfig, check_sigmas, get_sigmas_karras, own_steps, solver_evaluations,
+)
 from .sampler_bridge import core_sampler, estimate_evaluations
 
 
@@ -47,3 +49,28 @@ def sampling(config, steps: int, sampler=None, sigmas=None, solver: str = DEFAUL
     evaluations = estimate_evaluations(name, function, extra_options, schedule)
     return Sampling(dict(sampler=run, sigmas=sigmas, denoise=denoise, color_fix=color_fix, evaluations=evaluations),
                     evaluations, f"ComfyUI {name}")
+
+
+def evaluations_query(query: dict) -> dict:
+    """Answer of GET /inf_dit/evaluations: the network evaluations Inf-DiT Upscale's settings run, which web/
+    shows on the node while its widgets change. steps 0 is answered for the released weights (the node
+    cannot know the model before it runs; after a run it shows the real count). `sampler`/`sigmas` = "1"
+    when that input is wired: the count is then theirs."""
+    solver = query.get("solver") or DEFAULT_SOLVER
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    try:
+        steps = int(query.get("steps") or 0)
+    except ValueError:
+        raise ValueError(f"steps must be a whole number, got {query.get('steps')!r}") from None
+    if steps < 0:
+        raise ValueError(f"steps must be 0 or more, got {steps}")
+    if query.get("sampler") == "1":
+        return {"evaluations": None, "text": "network evaluations: as many as the wired SAMPLER runs"}
+    if query.get("sigmas") == "1":
+        return {"evaluations": None, "text": f"network evaluations: {solver} over the wired SIGMAS"}
+    run_steps = steps or own_steps(solver, InfDiTConfig.released().sampler_steps)
+    evaluations = solver_evaluations(solver, run_steps)
+    whose = " (the released weights' own)" if not steps else ""
+    return {"evaluations": evaluations, "steps": run_steps,
+            "text": f"{evaluations} network evaluations a pass: {solver}, {run_steps} steps{whose}"}

@@ -67,8 +67,10 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
         comfy.empty_cache()  # also after Cancel: the sampler has dropped its caches, hand the memory back
     result = torch.cat(results)
     assert result.shape[1:3] == plan.out_size, result.shape  # the core's contract
-    return NodeResult((result,), extra={"block_batch": plan.block_batch, "retried": retried, "progress": progress.value,
-                                        "plan": plan})
+    passes = len(plan.passes)
+    ran = f"{how.evaluations} network evaluations a pass: {how.label}" + (f", {passes} passes" if passes > 1 else "")
+    return NodeResult((result,), ui={"text": [ran]},
+                      extra={"block_batch": plan.block_batch, "retried": retried, "progress": progress.value, "plan": plan})
 
 
 def _groups(plan) -> int:

@@ -2,6 +2,7 @@
 
 export const BLOCKS_EVENT = "inf_dit.blocks";
 export const ESTIMATE_ROUTE = "/inf_dit/estimate";
+export const EVALUATIONS_ROUTE = "/inf_dit/evaluations";
 export const COLORS = { done: "#3fa34d", running: "#e0a526", waiting: "#3a3f47", border: "#1b1e22" };
 
 const isPair = (b) => Array.isArray(b) && b.length === 2 && b.every(Number.isInteger);
@@ -108,4 +109,17 @@ export function findNode(graph, id) {
     graph = node.subgraph ?? null;
   }
   return node;
+}
+
+// Query string for EVALUATIONS_ROUTE from Inf-DiT Upscale's widget values and which inputs are wired.
+export function evaluationsQuery(values, wired) {
+  const q = new URLSearchParams();
+  for (const name of ["solver", "steps"]) if (values[name] !== undefined) q.set(name, String(values[name]));
+  for (const name of ["sampler", "sigmas"]) if (wired?.[name]) q.set(name, "1");
+  return q.toString();
+}
+
+// The route's text for the node; null when the answer is unusable.
+export function evaluationsLabel(answer) {
+  return answer && typeof answer.text === "string" ? answer.text : null;
 }

@@ -1,8 +1,10 @@
 // Inf-DiT frontend extension: the block grid on Inf-DiT Upscale while it runs (from the server's
-// "inf_dit.blocks" messages) and the memory estimate on Block Size Control. Everything is optional:
+// "inf_dit.blocks" messages), the network evaluations its settings run, and the memory estimate on Block
+// Size Control. Everything is optional:
 // without messages or the estimate route (older pack, older server) the nodes look like plain nodes.
-import { BLOCKS_EVENT, COLORS, ESTIMATE_ROUTE, cellStates, estimateLabel, estimateQuery, findNode, layoutGrid,
-  parseBlocksMessage, progressLabel, applyBlocksMessage } from "./grid.js";
+import { BLOCKS_EVENT, COLORS, ESTIMATE_ROUTE, EVALUATIONS_ROUTE, cellStates, estimateLabel, estimateQuery,
+  evaluationsLabel, evaluationsQuery, findNode, layoutGrid, parseBlocksMessage, progressLabel,
+  applyBlocksMessage } from "./grid.js";
 
 const comfy = window.comfyAPI ?? {};
 const app = comfy.app?.app ?? (await import("../../scripts/app.js")).app;
@@ -53,15 +55,54 @@ function drawEstimate(node, ctx) {
   ctx.restore();
 }
 
-async function refreshEstimate(node) {
+// The line each node shows, asked of the server from the node's widget values (and wired inputs).
+const LABELS = {
+  InfDiTBlockSize: (values) => [ESTIMATE_ROUTE, estimateQuery(values), estimateLabel],
+  InfDiTUpscale: (values, wired) => [EVALUATIONS_ROUTE, evaluationsQuery(values, wired), evaluationsLabel],
+};
+
+async function refreshLabel(node, kind) {
   const values = Object.fromEntries((node.widgets ?? []).map((w) => [w.name, w.value]));
+  const wired = Object.fromEntries((node.inputs ?? []).map((i) => [i.name, i.link != null]));
+  const [route, query, label] = LABELS[kind](values, wired);
   try {
-    const response = await api.fetchApi(`${ESTIMATE_ROUTE}?${estimateQuery(values)}`);
-    node.infditEstimate = response.ok ? estimateLabel(await response.json()) : null;
+    const response = await api.fetchApi(`${route}?${query}`);
+    node.infditEstimate = response.ok ? label(await response.json()) : null;
   } catch {
     node.infditEstimate = null; // no route on this server: show nothing
   }
   node.setDirtyCanvas(true, false);
+}
+
+// The node's line: refreshed as its widgets change, once a saved workflow has set them, and (Upscale) as
+// inputs are wired; after a run, the server's own account of it.
+function showLabel(nodeType, kind) {
+  chain(nodeType.prototype, "onNodeCreated", function () {
+    let timer = null;
+    for (const widget of this.widgets ?? []) {
+      const previous = widget.callback;
+      widget.callback = (...args) => {
+        previous?.apply(widget, args);
+        clearTimeout(timer);
+        timer = setTimeout(() => refreshLabel(this, kind), 250);
+      };
+    }
+    refreshLabel(this, kind);
+  });
+  // Saved workflows set widget values after onNodeCreated, without calling the widget callbacks.
+  chain(nodeType.prototype, "onConfigure", function () {
+    refreshLabel(this, kind);
+  });
+  chain(nodeType.prototype, "onConnectionsChange", function () {
+    if (kind === "InfDiTUpscale") refreshLabel(this, kind);
+  });
+  chain(nodeType.prototype, "onExecuted", function (message) {
+    const text = message?.text?.[0];
+    if (typeof text === "string") this.infditEstimate = text.replace(/\s*\(weights.*$/, "");
+  });
+  chain(nodeType.prototype, "onDrawForeground", function (ctx) {
+    if (!this.flags?.collapsed) drawEstimate(this, ctx);
+  });
 }
 
 app.registerExtension({
@@ -80,30 +121,7 @@ app.registerExtension({
       chain(nodeType.prototype, "onDrawForeground", function (ctx) {
         if (!this.flags?.collapsed) drawGrid(this, ctx);
       });
-    } else if (nodeData.name === "InfDiTBlockSize") {
-      chain(nodeType.prototype, "onNodeCreated", function () {
-        let timer = null;
-        for (const widget of this.widgets ?? []) {
-          const previous = widget.callback;
-          widget.callback = (...args) => {
-            previous?.apply(widget, args);
-            clearTimeout(timer);
-            timer = setTimeout(() => refreshEstimate(this), 250);
-          };
-        }
-        refreshEstimate(this);
-      });
-      // Saved workflows set widget values after onNodeCreated, without calling the widget callbacks.
-      chain(nodeType.prototype, "onConfigure", function () {
-        refreshEstimate(this);
-      });
-      chain(nodeType.prototype, "onExecuted", function (message) {
-        const text = message?.text?.[0];
-        if (typeof text === "string") this.infditEstimate = text.replace(/\s*\(weights.*$/, "");
-      });
-      chain(nodeType.prototype, "onDrawForeground", function (ctx) {
-        if (!this.flags?.collapsed) drawEstimate(this, ctx);
-      });
     }
+    if (nodeData.name in LABELS) showLabel(nodeType, nodeData.name);
   },
 });

@@ -123,6 +123,8 @@ def test_templates_and_web_extension_are_served(server):
     assert sorted(templates) == sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
     assert any("inf_dit" in e for e in http(server + "/extensions"))
     assert http(server + "/inf_dit/estimate?block_batch=1&width=1024&height=1024")["block_batch"] == 1
+    assert http(server + "/inf_dit/evaluations?solver=heun&steps=0")["evaluations"] == 39
+    assert http(server + "/inf_dit/evaluations")["evaluations"] == 13
 
 
 def run_workflow(server, name, image, model_name, **upscale_inputs):

@@ -247,3 +247,22 @@ def test_bad_sigmas_get_a_one_line_error(tiny_handle):
     with pytest.raises(ValueError, match="SIGMAS input is not usable: sigmas must end in 0") as err:
         run(tiny_handle, image(), sigmas=torch.tensor([4.0, 1.0, 0.5]))  # e.g. SplitSigmas' high part
     assert "\n" not in str(err.value) and err.value.__cause__ is None
+
+
+def test_the_node_shows_the_evaluations_its_settings_run():
+    from nodes.sampling import evaluations_query
+
+    assert evaluations_query({}) == {"evaluations": 13, "steps": 13,
+                                     "text": "13 network evaluations a pass: ipndm, 13 steps (the released weights' own)"}
+    assert evaluations_query({"solver": "heun", "steps": "0"})["evaluations"] == 39  # a saved heun + 0: the release
+    assert evaluations_query({"solver": "heun", "steps": "4"})["evaluations"] == 7
+    assert evaluations_query({"solver": "dpmpp_2m", "steps": "0"})["evaluations"] == 20
+    assert evaluations_query({"sampler": "1"})["evaluations"] is None
+    for bad, message in (({"solver": "karras"}, "unknown solver"), ({"steps": "x"}, "whole number"), ({"steps": "-1"}, "0 or more")):
+        with pytest.raises(ValueError, match=message):
+            evaluations_query(bad)
+
+
+def test_after_a_run_the_node_says_what_ran(tiny_handle):
+    assert run(tiny_handle, image(), steps=3).ui == {"text": ["3 network evaluations a pass: ipndm"]}
+    assert run(tiny_handle, image(), steps=2, solver="heun").ui == {"text": ["3 network evaluations a pass: heun"]}

@@ -52,3 +52,25 @@ test("the Upscale node gets the grid drawn after its own drawing", () => {
   proto.onDrawForeground.call(node, ctx);
   assert.ok(calls.includes("fillRect") && calls.includes("fillText"));
 });
+
+test("the Upscale node shows the network evaluations its settings run, and after a run the real count", async () => {
+  const asked = [];
+  api.fetchApi = async (url) => {
+    asked.push(url);
+    return { ok: true, json: async () => ({ evaluations: 13, text: "13 network evaluations a pass: ipndm, 13 steps" }) };
+  };
+  const proto = {};
+  registered[0].beforeRegisterNodeDef({ prototype: proto }, { name: "InfDiTUpscale" });
+  const node = {
+    widgets: [{ name: "steps", value: 0 }, { name: "solver", value: "ipndm" }],
+    inputs: [{ name: "sampler", link: null }, { name: "sigmas", link: 4 }],
+    setDirtyCanvas: () => {},
+  };
+  proto.onNodeCreated.call(node);
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(asked[0], "/inf_dit/evaluations?solver=ipndm&steps=0&sigmas=1");
+  assert.equal(node.infditEstimate, "13 network evaluations a pass: ipndm, 13 steps");
+  proto.onExecuted.call(node, { text: ["1 network evaluations a pass: ipndm"] });
+  assert.equal(node.infditEstimate, "1 network evaluations a pass: ipndm");
+  api.fetchApi = async () => ({ ok: false });
+});

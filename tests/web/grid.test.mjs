@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import test from "node:test";
 
-import { applyBlocksMessage, cellStates, estimateLabel, estimateQuery, findNode, formatBytes, layoutGrid,
+import { applyBlocksMessage, cellStates, estimateLabel, estimateQuery, evaluationsLabel, evaluationsQuery, findNode, formatBytes, layoutGrid,
   parseBlocksMessage, progressLabel } from "../../web/grid.js";
 
 const message = { node: "7", grid: [2, 3], done: [[0, 0], [0, 1]], running: [[0, 2]], image: 0, images: 2,
@@ -97,4 +97,12 @@ test("the node of a message is found inside subgraphs, by its path", () => {
   assert.equal(findNode(root, "5:9"), null);
   assert.equal(findNode(root, "7:1"), null); // a plain node holds no graph
   assert.equal(findNode(null, "7"), null);
+});
+
+test("evaluations query and label", () => {
+  assert.equal(evaluationsQuery({ steps: 0, solver: "heun", seed: 5 }, { sampler: false }), "solver=heun&steps=0");
+  assert.equal(evaluationsQuery({ steps: 3 }, { sampler: true, sigmas: true }), "steps=3&sampler=1&sigmas=1");
+  assert.equal(evaluationsLabel({ text: "39 network evaluations a pass: heun, 20 steps" }), "39 network evaluations a pass: heun, 20 steps");
+  assert.equal(evaluationsLabel({ error: "unknown solver" }), null);
+  assert.equal(evaluationsLabel(null), null);
 });
