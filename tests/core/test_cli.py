@@ -149,3 +149,15 @@ def test_the_same_runs_from_the_cli(tmp_path, args, name, size):
     assert main(["upscale", str(tmp_path / "photo.png"), *args]) == 0
     with Image.open(tmp_path / name) as out:
         assert out.size == size
+
+
+def test_without_sampler_or_steps_the_command_line_runs_the_default_13_evaluations():
+    from infdit_core.cli import build_parser, sampling_options
+
+    how = sampling_options(build_parser().parse_args(["upscale", "in.png"]))
+    assert (how.sampler, how.steps) == ("ipndm", None)  # None: the model's own, 13 for the released model
+    from infdit_core.sampling import solvers
+
+    assert solvers.evaluations_for(how.sampler, solvers.own_steps(how.sampler, 20)) == 13
+    release = sampling_options(build_parser().parse_args(["upscale", "in.png", "--sampler", "heun"]))
+    assert solvers.evaluations_for(release.sampler, solvers.own_steps(release.sampler, 20)) == 39
