@@ -76,8 +76,11 @@ def cmd_upscale(args) -> int:
         raise ValueError(f"denoise must be a number in (0, 1] (1 = start from full noise), got {args.denoise!r}")
     blocks, sampling, wanted = block_options(args), sampling_options(args), _wanted_size(args)
 
-    def upscale_one(model, image, seed, callback):
-        return upscale_with_recovery(model, image, wanted, blocks, dataclasses.replace(sampling, seed=seed), callback)
+    def upscale_one(model, image, seed, callback, output):
+        # the run's state: --state-dir, else hidden next to the output; --no-resume keeps none
+        state_dir = (args.state_dir or str(Path(output).parent / STATE_FOLDER)) if args.resume else None
+        how = dataclasses.replace(sampling, seed=seed, state_dir=state_dir)
+        return upscale_with_recovery(model, image, wanted, blocks, how, callback)
 
     return run_upscale(args, Upscaler(
         load_model=lambda device: load_model(args, device),
@@ -170,6 +173,9 @@ def add_device_argument(p) -> None:
                    "if you like (cuda:1); default: the first of these this machine has")
 
 
+STATE_FOLDER = ".infdit-state"  # next to the outputs: what an interrupted image needs to resume
+
+
 def resolve_device(args) -> None:
     """--device checked against this machine (a clear error if it has no such device), or the default one."""
     if getattr(args, "device", "") is None:
@@ -220,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="fuse the layers' small ops with torch.compile (slow first run; eager with a warning if unavailable)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every block group")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="save each image's progress after every network evaluation and continue an interrupted one "
+                        "from it, bit for bit (default on; built-in samplers)")
+    p.add_argument("--state-dir", help=f"where that progress is kept (default: {STATE_FOLDER}/ next to the output; "
+                   "removed once the image is done)")
     add_batch_arguments(p)
     p.set_defaults(func=cmd_upscale)
 

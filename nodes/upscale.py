@@ -96,7 +96,8 @@ def _run_one(net, image, how_to, plan, evaluations, index, images, progress, nod
             progress.update(before + message["value"], images * per_image, trackers[k].preview_if_due())
             comfy.send_to_browser(EVENT, {"node": node_id, **message})
 
-    return upscale_image(net, image=image, plan=plan, callback=callback, seed=how_to.seed, **how_to.keywords())
+    return upscale_image(net, image=image, plan=plan, callback=callback, seed=how_to.seed,
+                         **how_to.keywords(include_state=True))
 
 
 def spec() -> NodeSpec:

@@ -43,7 +43,7 @@ class Upscaler:
     """What the runner needs from the command line, every single-image option already bound."""
 
     load_model: Callable[[str], Any]  # device -> model
-    upscale: Callable  # (model, image (1, H, W, C), seed, callback) -> (1, H', W', C)
+    upscale: Callable  # (model, image (1, H, W, C), seed, callback, output path) -> (1, H', W', C)
     output_size: Callable[[int, int], tuple]  # (height, width) -> output (height, width); ValueError if out of reach
     scale: str | None  # the factor as it appears in names ("4", "1.5"); None for a target size
 
@@ -168,7 +168,7 @@ def _upscale_share(args, ranks, jobs, single, show, upscaler: Upscaler, stats) -
                 image = read_image(job.source)
                 with tqdm(unit="group", desc=job.rel, leave=False, disable=not show, file=sys.stderr,
                           dynamic_ncols=True, position=1 if not single else 0) as bar:
-                    result = upscaler.upscale(model, image, job.seed, _progress(bar, args.verbose))
+                    result = upscaler.upscale(model, image, job.seed, _progress(bar, args.verbose), job.output)
                     bar.refresh()  # draw the finished state even when the image beat tqdm's refresh interval
                 job.output.parent.mkdir(parents=True, exist_ok=True)
                 save_image(result[0], job.output)

@@ -18,7 +18,9 @@ class SamplingOptions:
     k-diffusion-style function; steps: None = the model's own (solvers.own_steps); sigmas: the noise levels (then they set the steps); denoise: in (0, 1], as KSampler's;
     color_fix: "none", "wavelet", "adain" or "lab"; seed: of the start noise (pass k uses seed + k);
     compile: torch.compile the layers; evaluations: a sampler function's expected network evaluations
-    (progress only; the built-in solvers' count is exact)."""
+    (progress only; the built-in solvers' count is exact); state_dir: where the run keeps what it needs to
+    resume (None: nothing kept; see resume.py); resume: continue from a state found there (False: start
+    afresh, still saving)."""
 
     sampler: str | Callable = DEFAULT_SOLVER
     steps: int | None = None
@@ -28,7 +30,11 @@ class SamplingOptions:
     seed: int = 0
     compile: bool = False
     evaluations: int | None = None
+    state_dir: str | None = None
+    resume: bool = True
 
-    def keywords(self) -> dict:
-        """The keywords of `sample` these options set (all but the seed, which is per pass)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "seed"}
+    def keywords(self, include_state: bool = False) -> dict:
+        """The keywords of `sample` these options set: all but the seed, which is per pass, and the state,
+        which `run_plan` keeps (`include_state`: with it, for `upscale_image`)."""
+        left_out = ("seed",) if include_state else ("seed", "state_dir", "resume")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in left_out}

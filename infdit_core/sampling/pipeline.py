@@ -6,7 +6,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from . import solvers
+import logging
+
+from . import resume, solvers
 from ..network.clip import clip_vector
 from .color import apply_color_fix, check_color_fix
 from ..network.compiled import compiled
@@ -18,10 +20,11 @@ from ..hardware.host import release_host_cache
 from ..planning.options import BlockOptions
 from ..planning.plan import check_host_memory, model_budget, plan_run
 from .options import SamplingOptions
-from ..hardware.precision import check_finite
+from ..hardware.precision import NonFiniteOutput, check_finite
 from .sampler import get_sigmas_karras, run_solver
 from ..planning.scheduler import plan_blocks
 
+log = logging.getLogger("inf_dit")
 SCALES = (2, 4)
 MAX_SCHEDULE = 100_000  # longest Karras schedule denoise may ask for (steps / denoise)
 
@@ -92,6 +95,7 @@ def sample(
     denoise: float = 1.0,
     color_fix: str = "none",
     evaluations: int | None = None,
+    checkpoint=None,
 ) -> torch.Tensor:
     """Upscale lr (B, 3, h, w) in [-1, 1] by `scale`; returns (B, 3, scale*h, scale*w) in [-1, 1].
 
@@ -108,7 +112,8 @@ def sample(
     `sampler`: a name in `solvers.SOLVERS` or a k-diffusion-style function (see docs/core-api.md);
     `sigmas`: the noise levels (then steps = len(sigmas) - 1); `denoise` < 1 starts later on the
     schedule, as ComfyUI's KSampler does; `color_fix`: "none", "wavelet", "adain" or "lab" against the
-    bicubic image."""
+    bicubic image. `checkpoint` (resume.PassCheckpoint, from `run_plan`): the solver's state is saved to it
+    after each evaluation and the run continues from what it holds."""
     cfg = model.config
     steps = solvers.own_steps(sampler, cfg.sampler_steps) if steps is None else steps
     if sigmas is not None:
@@ -163,7 +168,8 @@ def sample(
     x = noise.mul_(sigmas[0]).add_(u) if owned_noise else u + sigmas[0] * noise
     del noise
     with compiled(model, enabled=compile):
-        x = run_solver(solver, denoise_fn, x, sigmas, callback, evaluations, extra_args={"seed": seed})
+        x = run_solver(solver, denoise_fn, x, sigmas, callback, evaluations, extra_args={"seed": seed},
+                       checkpoint=checkpoint)
     if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(u.shape):
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"the sampler returned {got}, expected a tensor of shape {tuple(u.shape)}")
@@ -222,19 +228,37 @@ def run_plan(model, lr: torch.Tensor, plan, sampling: SamplingOptions = Sampling
     # resize): fix once at the end, against the bicubic upscale of the original input.
     color_fix = check_color_fix(sampling.color_fix)
     single = len(plan.passes) == 1 and not plan.resize
+    state = run_state(model, lr, plan, sampling, noise)
     x = lr
     try:
         for k, p in enumerate(plan.passes):
+            pass_id = state and pass_identity(state, plan, k)
+            done = state.load_output(k, pass_id, x.device) if state else None
+            if done is not None:
+                state.say(f"Inf-DiT: resuming after pass {k + 1} of {len(plan.passes)} (saved)")
+                x = done
+                continue
+            checkpoint = state.solver_checkpoint(k, pass_id) if state else None
+            if checkpoint is not None and checkpoint.saved is not None:
+                state.say(f"Inf-DiT: resuming at pass {k + 1} of {len(plan.passes)}, evaluation "
+                          f"{resumed_evaluation(sampling, checkpoint) + 1} of {pass_evaluations(model, sampling)}")
             x = sample(
                 model, x, scale=p.scale, seed=sampling.seed + k, noise=noise, block_batch=p.block_batch, scan=plan.scan,
                 offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)),
                 image_device="cpu" if p.images_on_host else None, float8_frontier=plan.float8_frontier,
-                **{**sampling.keywords(), "color_fix": color_fix if single else "none"},
+                checkpoint=checkpoint, **{**sampling.keywords(), "color_fix": color_fix if single else "none"},
             )
             # fp16 can overflow: one check per pass (one device read), so no black or garbage image is written
-            check_finite(x, model.dtype, f"pass {k + 1} of {len(plan.passes)}" if len(plan.passes) > 1 else "the result")
+            try:
+                check_finite(x, model.dtype, f"pass {k + 1} of {len(plan.passes)}" if len(plan.passes) > 1 else "the result")
+            except NonFiniteOutput:
+                if state:
+                    state.finish()  # a state that leads here would lead here again
+                raise
             if k + 1 < len(plan.passes):
                 x = x.clamp(-1, 1)  # the next pass reads an image; its LR must stay in range
+                if state:
+                    state.save_output(k, pass_id, x)
     finally:
         if traits(model.device).pinned_memory:
             release_host_cache()  # pinned staging and frontier blocks back to the system
@@ -243,7 +267,41 @@ def run_plan(model, lr: torch.Tensor, plan, sampling: SamplingOptions = Sampling
     if not single and color_fix != "none":
         x = apply_color_fix(color_fix, x, upsample(lr.to(x.device, torch.float32), tuple(x.shape[-2:])).clamp(-1, 1),
                             in_place=True)
+    if state:
+        state.finish()  # the result is complete: nothing left to resume
     return x
+
+
+def run_state(model, lr, plan, sampling: SamplingOptions, noise):
+    """The run's state folder (resume.RunState) when `sampling.state_dir` is set and the sampler is a
+    built-in one (a sampler function's inner state cannot be saved); else None."""
+    if sampling.state_dir is None:
+        return None
+    if not isinstance(sampling.sampler, str):
+        log.warning("Inf-DiT: a wired sampler cannot resume; this run keeps no state")
+        return None
+    settings = {k: v for k, v in sampling.keywords().items() if k != "sigmas"}
+    run_id = resume.identity(resume.model_fingerprint(model), lr.float(), noise, sampling.sigmas, sampling.seed,
+                             sorted(settings.items()), plan.out_size, plan.resize, len(plan.passes))
+    return resume.RunState(sampling.state_dir, run_id, sampling.resume)
+
+
+def pass_identity(state, plan, index: int) -> str:
+    """The run's identity and everything of passes 0..index that changes their bits: a pass finished before a
+    changed later setting (say a smaller block batch after running out of memory) is still used."""
+    passes = tuple((p.scale, p.block_batch, p.images_on_host) for p in plan.passes[: index + 1])
+    return resume.identity(state.folder.name, passes, plan.scan, plan.offload_frontier, plan.float8_frontier)
+
+
+def resumed_evaluation(sampling: SamplingOptions, checkpoint) -> int:
+    return solvers.evaluations_before(sampling.sampler, checkpoint.saved.step, checkpoint.saved.phase)
+
+
+def pass_evaluations(model, sampling: SamplingOptions) -> int:
+    """Network evaluations of one pass of a built-in solver with these options."""
+    steps = sampling.steps if sampling.steps is not None else solvers.own_steps(sampling.sampler, model.config.sampler_steps)
+    steps = len(sampling.sigmas) - 1 if sampling.sigmas is not None else steps
+    return solvers.evaluations_for(sampling.sampler, steps)
 
 
 def _pass_callback(callback, index: int, passes: int):

@@ -89,6 +89,7 @@ def upscale_with_recovery(model, image: torch.Tensor, target: dict | None = None
     plan = plan_for(model, image.shape[1], image.shape[2], image.shape[0], target, blocks,
                     image_buffers(sampling.sampler, sampling.color_fix))
     result, _ = run_with_recovery(
-        lambda p: upscale_image(model, image, plan=p, callback=callback, seed=sampling.seed, **sampling.keywords()),
+        lambda p: upscale_image(model, image, plan=p, callback=callback, seed=sampling.seed,
+                                **sampling.keywords(include_state=True)),
         plan, model.config, model.dtype, model.clip is not None, model.device)
     return result

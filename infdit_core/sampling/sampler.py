@@ -89,19 +89,32 @@ class CountingModel:
 
 
 def run_solver(solver, denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=None, evaluations=None,
-               extra_args=None, step_callback=None) -> torch.Tensor:
+               extra_args=None, step_callback=None, checkpoint=None) -> torch.Tensor:
     """Solve from x along `sigmas` with `solver` (a k-diffusion-style function) over `denoise(x, sigma,
     evaluation, step)`, reporting every network evaluation to `callback`. x is the solver's: the
-    built-in solvers overwrite it."""
+    built-in solvers overwrite it. `checkpoint` (resume.PassCheckpoint): a built-in solver saves its state
+    to it after each evaluation and starts from what it saved; the count of evaluations continues."""
     steps = len(sigmas) - 1
     name = getattr(solver, "__name__", None)
     builtin = name in solvers.SOLVERS and getattr(solvers, name) is solver
     step_of = (lambda e: solvers.step_of(name, e, steps)) if builtin else None
     model = CountingModel(denoise, steps, evaluations, callback, step_of)
+    if not builtin:
+        return solver(model, x, sigmas, extra_args=extra_args or {}, callback=_on_step(model, step_callback), disable=True)
+    saved = checkpoint.saved if checkpoint is not None else None
+    if saved is not None and (tuple(saved.x.shape) != tuple(x.shape) or not 0 <= saved.step <= steps):
+        checkpoint.saved = None  # the identity matched but the layout does not: never continue from it
+    if checkpoint is not None and checkpoint.saved is not None:
+        model.evaluation = solvers.evaluations_before(name, checkpoint.saved.step, checkpoint.saved.phase)
+    return solver(model, x, sigmas, extra_args=extra_args or {}, callback=_on_step(model, step_callback), disable=True,
+                  checkpoint=checkpoint)
 
+
+def _on_step(model: CountingModel, step_callback):
+    """The solver's per-step callback: counts the step, then the caller's."""
     def on_step(info):
         model.step_done(info)
         if step_callback is not None:
             step_callback(info)
 
-    return solver(model, x, sigmas, extra_args=extra_args or {}, callback=on_step, disable=True)
+    return on_step

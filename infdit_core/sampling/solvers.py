@@ -4,6 +4,10 @@ Every solver has the call shape of k-diffusion's (and so ComfyUI's) samplers:
 
     solver(model, x, sigmas, extra_args=None, callback=None, disable=None) -> x
 
+The built-in ones also take `checkpoint` (resume.PassCheckpoint or None): they start from its `saved` state
+and call its `save(step, phase, x, history, extra)` after each evaluation's update, so an interrupted run
+continues with the same operations on the same values, bit for bit.
+
 `model(x, sigma, **extra_args)` returns the denoised estimate D(x; sigma); `sigmas` is a descending
 1-D tensor ending in 0; `callback(dict(i=, denoised=, x=, sigma=, sigma_hat=))` is called once per
 step, after its first evaluation and before x moves (where k-diffusion calls it). With x not scaled
@@ -51,6 +55,11 @@ def get_solver(sampler_name: str):
     return globals()[sampler_name]
 
 
+def evaluations_before(sampler_name: str, step: int, phase: int) -> int:
+    """Network evaluations a built-in solver has finished when it is at `step`, `phase` (see _start)."""
+    return 2 * step + phase if sampler_name in ("heun", "dpm_2") else step
+
+
 def step_of(sampler_name: str, evaluation: int, steps: int) -> int:
     """0-based step that a built-in solver's `evaluation` (0-based) belongs to."""
     if sampler_name in ("heun", "dpm_2"):
@@ -79,33 +88,56 @@ def _owned(denoised, x):
     return denoised
 
 
+def _start(checkpoint, x):
+    """(step, phase, history, extra) to start from: a resumed run's, with its sample copied into x; else the
+    beginning. Phase 1: a two-evaluation solver after its step's first evaluation (history = [d])."""
+    saved = checkpoint.saved if checkpoint is not None else None
+    if saved is None:
+        return 0, 0, [], {}
+    x.copy_(saved.x)
+    return saved.step, saved.phase, [d.to(x) for d in saved.history], dict(saved.extra)
+
+
+def _save(checkpoint, step, phase, x, history=(), extra=None):
+    if checkpoint is not None:
+        checkpoint.save(step, phase, x, list(history), extra)
+
+
 def _derivative_(x, denoised, sigma):
     """(x - denoised) / sigma, written over `denoised`."""
     return torch.sub(x, denoised, out=denoised).div_(sigma)
 
 
-def euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def euler(model, x, sigmas, extra_args=None, callback=None, disable=None, checkpoint=None):
     """First order: x += (sigma_next - sigma) * d."""
     extra_args = extra_args or {}
-    for i in range(len(sigmas) - 1):
+    first, _, _, _ = _start(checkpoint, x)
+    for i in range(first, len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _owned(model(x, sigma, **extra_args), x)
         _report(callback, i, x, sigma, denoised)
         x.add_(_derivative_(x, denoised, sigma).mul_(sigma_next - sigma))
         del denoised  # not held through the next evaluation
+        _save(checkpoint, i + 1, 0, x)
     return x
 
 
-def heun(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def heun(model, x, sigmas, extra_args=None, callback=None, disable=None, checkpoint=None):
     """Heun's 2nd-order method without churn (EDM Algorithm 1), Euler for the last step: the release's.
     In place, with the release's operations in the release's order, so bit for bit its result."""
     extra_args = extra_args or {}
-    for i in range(len(sigmas) - 1):
+    first, phase, saved_d, _ = _start(checkpoint, x)
+    for i in range(first, len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         h = sigma_next - sigma
-        denoised = _owned(model(x, sigma, **extra_args), x)
-        _report(callback, i, x, sigma, denoised)
-        d = _derivative_(x, denoised, sigma)
+        if i == first and phase == 1:  # resumed after this step's first evaluation
+            denoised, d = None, saved_d[0]
+        else:
+            denoised = _owned(model(x, sigma, **extra_args), x)
+            _report(callback, i, x, sigma, denoised)
+            d = _derivative_(x, denoised, sigma)
+            if sigma_next > 0:
+                _save(checkpoint, i, 1, x, [d])
         if sigma_next > 0:
             x_next = torch.mul(d, h).add_(x)  # x + h d
             d_next = _derivative_(x_next, _owned(model(x_next, sigma_next, **extra_args), x_next), sigma_next)
@@ -115,17 +147,24 @@ def heun(model, x, sigmas, extra_args=None, callback=None, disable=None):
         else:
             x.add_(d.mul_(h))
         del denoised, d  # not held through the next evaluation
+        _save(checkpoint, i + 1, 0, x)
     return x
 
 
-def dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, checkpoint=None):
     """DPM-Solver-2 (Karras et al.'s variant): the derivative taken at the log-midpoint of the step."""
     extra_args = extra_args or {}
-    for i in range(len(sigmas) - 1):
+    first, phase, saved_d, _ = _start(checkpoint, x)
+    for i in range(first, len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = _owned(model(x, sigma, **extra_args), x)
-        _report(callback, i, x, sigma, denoised)
-        d = _derivative_(x, denoised, sigma)
+        if i == first and phase == 1:  # resumed after this step's first evaluation
+            denoised, d = None, saved_d[0]
+        else:
+            denoised = _owned(model(x, sigma, **extra_args), x)
+            _report(callback, i, x, sigma, denoised)
+            d = _derivative_(x, denoised, sigma)
+            if sigma_next > 0:
+                _save(checkpoint, i, 1, x, [d])
         if sigma_next > 0:
             sigma_mid = ((sigma.log() + sigma_next.log()) / 2).exp()
             x_mid = d.mul_(sigma_mid - sigma).add_(x)  # d is not needed after the midpoint
@@ -133,15 +172,18 @@ def dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None):
             del x_mid
         x.add_(d.mul_(sigma_next - sigma))
         del denoised, d  # not held through the next evaluation
+        _save(checkpoint, i + 1, 0, x)
     return x
 
 
-def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None, checkpoint=None):
     """DPM-Solver++(2M) (Lu et al. 2022): exponential integrator in lambda = -log sigma on the data
     prediction, second order from the previous step's estimate; first order on the first and last step."""
     extra_args = extra_args or {}
-    old_denoised, h_last = None, None
-    for i in range(len(sigmas) - 1):
+    first, _, history, extra = _start(checkpoint, x)
+    old_denoised = history[0] if history else None
+    h_last = torch.tensor(extra["h_last"], dtype=sigmas.dtype, device=sigmas.device) if "h_last" in extra else None
+    for i in range(first, len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _owned(model(x, sigma, **extra_args), x)
         _report(callback, i, x, sigma, denoised)
@@ -158,6 +200,7 @@ def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
             x.sub_(estimate, alpha=float(torch.expm1(-h)))
             del estimate
         h_last, old_denoised = h, denoised
+        _save(checkpoint, i + 1, 0, x, [old_denoised], {"h_last": float(h_last)})
     return x
 
 
@@ -170,12 +213,12 @@ def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
 _AB_EQUAL = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
 
-def _multistep(model, x, sigmas, extra_args, callback, max_order, weights):
+def _multistep(model, x, sigmas, extra_args, callback, max_order, weights, checkpoint=None):
     """x += sum(w_j * d_j) over the newest derivatives, w = weights(i, levels, order) (newest first)."""
     extra_args = extra_args or {}
     levels = [float(s) for s in sigmas.detach().cpu().double()]  # float64 on the host: MPS and Arc have none
-    history = []  # derivatives of previous steps, newest first
-    for i in range(len(sigmas) - 1):
+    first, _, history, _ = _start(checkpoint, x)  # history: derivatives of previous steps, newest first
+    for i in range(first, len(sigmas) - 1):
         sigma = sigmas[i]
         denoised = _owned(model(x, sigma, **extra_args), x)
         _report(callback, i, x, sigma, denoised)
@@ -185,6 +228,7 @@ def _multistep(model, x, sigmas, extra_args, callback, max_order, weights):
             x.add_(dj, alpha=w)
         history = ds[: max_order - 1]
         del denoised, ds, dj  # only the history is held through the next evaluation
+        _save(checkpoint, i + 1, 0, x, history)
     return x
 
 
@@ -193,10 +237,10 @@ def _ipndm_weights(i, levels, order):
     return [h * w for w in _AB_EQUAL[order - 1]]
 
 
-def ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None, checkpoint=None):
     """Improved PNDM (Zhang & Chen 2022), as ComfyUI's ipndm: 4th-order Adams-Bashforth on dx/dsigma with
     the weights of equal steps, warming up from 1st order."""
-    return _multistep(model, x, sigmas, extra_args, callback, 4, _ipndm_weights)
+    return _multistep(model, x, sigmas, extra_args, callback, 4, _ipndm_weights, checkpoint)
 
 
 def _ipndm_v_weights(i, levels, order):
@@ -223,10 +267,10 @@ def _ipndm_v_weights(i, levels, order):
             h * -b * q * h1 / h2]
 
 
-def ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None, checkpoint=None):
     """iPNDM for uneven steps, as ComfyUI's ipndm_v: 4th-order multistep whose coefficients follow the
     actual step sizes."""
-    return _multistep(model, x, sigmas, extra_args, callback, 4, _ipndm_v_weights)
+    return _multistep(model, x, sigmas, extra_args, callback, 4, _ipndm_v_weights, checkpoint)
 
 
 # DEIS "tAB" as ComfyUI runs it: sigmas mapped to the time of a VP diffusion (epsilon 1e-3, sigma range
@@ -264,10 +308,10 @@ def _deis_weights(i, levels, order):
     return weights
 
 
-def deis(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def deis(model, x, sigmas, extra_args=None, callback=None, disable=None, checkpoint=None):
     """DEIS (Zhang & Chen 2022) in its "tAB" form of order 3, as ComfyUI's deis: the polynomial
     extrapolation of the derivative in the time of a VP diffusion, integrated against dsigma/dt."""
-    return _multistep(model, x, sigmas, extra_args, callback, 3, _deis_weights)
+    return _multistep(model, x, sigmas, extra_args, callback, 3, _deis_weights, checkpoint)
 
 
 def check_sigmas(sigmas) -> torch.Tensor:
