@@ -79,6 +79,16 @@ def full_path(folder: str, name: str) -> str:
     return found
 
 
+def state_directory() -> str:
+    """Where interrupted upscales keep what they need to resume: a hidden folder in ComfyUI's output folder
+    (its temp folder is emptied at every start and stop, so a state there would not survive a restart)."""
+    if COMFY:
+        return os.path.join(_folders.get_output_directory(), ".inf_dit_resume")
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "inf_dit_resume")
+
+
 # ---------------------------------------------------------------- devices and memory
 
 def torch_device() -> torch.device:

@@ -31,7 +31,7 @@ def _factor(scale) -> float:
 
 def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block_control=None, target: str = "",
             compile: bool = False, sampler=None, sigmas=None, solver: str = DEFAULT_SOLVER, denoise: float = 1.0,
-            color_fix: str = "none", node_id=None) -> NodeResult:
+            color_fix: str = "none", resume: bool = True, node_id=None) -> NodeResult:
     handle, settings = model, block_control or BlockSettings()
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[0] < 1 or not 1 <= image.shape[-1] <= 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -49,7 +49,10 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
                        comfy.free_memory_bytes(device)).peak
     net = comfy.load_to_device(handle.patcher, handle.model, minimum.total - minimum.weights)
     plan = plan_for(net, h, w, 1, wanted, settings.options(), buffers, device, comfy.free_memory_bytes(device))
-    how_to = SamplingOptions(steps=steps, compile=bool(compile), **how.options)
+    # Built-in solvers keep their state after every evaluation: the same prompt queued again after Cancel, an
+    # error or a restart continues where it stopped (a wired SAMPLER cannot: the core says so and runs plainly).
+    state_dir = comfy.state_directory() if resume and sampler is None else None
+    how_to = SamplingOptions(steps=steps, compile=bool(compile), state_dir=state_dir, **how.options)
     progress = comfy.Progress(b * _groups(plan) * how.evaluations, node_id)
     results, retried = [], None
     try:
@@ -147,6 +150,11 @@ def spec() -> NodeSpec:
                   "(the release), wavelet (input's low frequencies, output's detail), adain (per-channel mean and "
                   "spread), lab (output's lightness, input's colour). Alpha is untouched.",
                   default="none", options=COLOR_FIXES, optional=True),
+            Input("resume", "boolean", "Keep the run's progress after every network evaluation (in a hidden "
+                  ".inf_dit_resume folder of the output folder, removed when the image is done) so that queueing the "
+                  "same prompt again after Cancel, an error or a restart continues where it stopped, with the same "
+                  "result bit for bit on a CPU. Built-in solvers only. Off: nothing is written.",
+                  default=True, optional=True),
         ),
         outputs=(Output("image", "image", "The upscaled images: scale x the input size, or the target size."),),
         run=upscale,

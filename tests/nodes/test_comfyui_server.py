@@ -573,3 +573,61 @@ def test_the_weights_download_from_the_load_node_with_progress_cancel_and_resume
     assert weights_server.log[requests_before:] == [kept, weights_server.log[-1]] and weights_server.log[-1] > kept
     assert sorted(p.name for p in folder.glob("inf-dit.*")) == ["inf-dit.safetensors"]
     assert images_of(server, done)[0].shape == (48, 64, 3)
+
+
+def test_cancel_and_queue_again_resumes_where_it_stopped_bit_for_bit(server):
+    """A x16 run (two passes) of the tiny model is cancelled in its second pass; the same prompt queued again
+    continues there (its progress starts past the first pass) and gives the image of an uninterrupted run."""
+    import asyncio
+    import uuid
+
+    import aiohttp
+
+    client = uuid.uuid4().hex
+    seed = int(time.time()) % 2**31
+
+    def graph(**widgets):
+        g = upscale_graph(MODEL_NAME, seed=seed, scale="16", steps=4, solver="heun", **widgets)
+        g["1"]["inputs"]["image"] = "infdit-test-64x48.png"
+        return g
+
+    import shutil
+
+    shutil.rmtree(Path(COMFYUI_DIR) / "output" / ".inf_dit_resume", ignore_errors=True)  # an earlier try's
+    first_pass = 4 * 7  # 256x192 = 2 x 2 blocks, one a group on a CPU, 7 evaluations (heun, 4 steps)
+
+    async def queue(prompt, cancel_past=None):
+        values = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.replace('http', 'ws')}/ws?clientId={client}") as ws:
+                prompt_id = (await (await session.post(server + "/prompt", json={"prompt": prompt, "client_id": client})).json())["prompt_id"]
+                cancelled = False
+                async for message in ws:
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    event = json.loads(message.data)
+                    data = event.get("data", {})
+                    if event["type"] == "progress" and data.get("node") == "3":
+                        values.append(data["value"])
+                        if cancel_past is not None and not cancelled and data["value"] > cancel_past:
+                            await session.post(server + "/interrupt")
+                            cancelled = True
+                    elif event["type"] in ("execution_interrupted", "execution_success", "execution_error") \
+                            and data.get("prompt_id") == prompt_id:
+                        return event["type"], values, prompt_id
+        pytest.fail("the websocket closed before the prompt ended")
+
+    second_pass_evaluation = 8 * 6  # 1024x768 = 8 x 6 blocks
+    ended, before, _ = asyncio.run(asyncio.wait_for(queue(graph(), cancel_past=first_pass + second_pass_evaluation + 10), 600))
+    assert ended == "execution_interrupted" and before[-1] > first_pass
+    states = list((Path(COMFYUI_DIR) / "output" / ".inf_dit_resume").glob("*/*"))
+    assert sorted(p.name for p in states) == ["pass0.done", "pass1.state"]
+    ended, after, prompt_id = asyncio.run(asyncio.wait_for(queue(graph()), 600))
+    assert ended == "execution_success"
+    # the progress starts where it stopped: after the second pass's finished evaluations
+    assert after[0] > first_pass + second_pass_evaluation and after[0] % second_pass_evaluation == (first_pass + 1) % second_pass_evaluation
+    resumed = images_of(server, http(server + f"/history/{prompt_id}")[prompt_id])[0]
+    whole = run_prompt(server, graph(resume=False))
+    assert whole["status"]["status_str"] == "success", error_of(whole)
+    assert (images_of(server, whole)[0] == resumed).all()
+    assert not list((Path(COMFYUI_DIR) / "output" / ".inf_dit_resume").glob("*/*"))  # removed once done

@@ -194,3 +194,28 @@ def test_bad_scale_or_target_is_a_clear_error(tiny_handle):
         upscale.upscale(tiny_handle, image(), "4", 1, 0, None, "8")
     with pytest.raises(ValueError, match="not understood"):
         upscale.upscale(tiny_handle, image(), "4", 1, 0, None, "huge")
+
+
+def test_cancel_then_the_same_prompt_again_resumes_where_it_stopped(tiny_handle, monkeypatch, tmp_path):
+    monkeypatch.setattr(comfy_adapter, "state_directory", lambda: str(tmp_path / "resume"))
+    blocks = BlockSettings(block_batch=1, scan="rows")
+    pic = image(h=40, w=24)
+    whole = run(tiny_handle, pic, steps=4, control=blocks, resume=False).outputs[0]
+    assert not (tmp_path / "resume").exists()  # resume off: nothing written
+    updates = []
+
+    def cancel_in_the_third_evaluation(self, v, t, preview=None):
+        updates.append(v)
+        if v == 5:  # 2 groups an evaluation: the first group of the third
+            comfy_adapter.request_interrupt()
+
+    monkeypatch.setattr(comfy_adapter.Progress, "update", cancel_in_the_third_evaluation)
+    with pytest.raises(comfy_adapter.Interrupted):
+        run(tiny_handle, pic, steps=4, control=blocks)
+    assert list((tmp_path / "resume").glob("*/pass0.state"))
+    updates.clear()
+    monkeypatch.setattr(comfy_adapter.Progress, "update", lambda self, v, t, preview=None: updates.append(v))
+    again = run(tiny_handle, pic, steps=4, control=blocks).outputs[0]
+    assert torch.equal(again, whole)
+    assert updates[0] == 5 and updates[-1] == 8  # progress starts at the third evaluation, not at 0
+    assert not (tmp_path / "resume").exists()
