@@ -168,6 +168,18 @@ def first_run_table() -> str:
     return "\n".join(markdown_tables(result("gpu_model.txt"))[-1])
 
 
+def resume_block_sentence() -> str:
+    """benchmarks/resume.py's measured block and evaluation of the released model and the state's share of it."""
+    lines = result("resume.txt").splitlines()
+    block = next(line for line in lines if line.startswith("released model"))
+    seconds = block.split("one steady-state block ")[1].split(" s")[0]
+    minutes = block.split("= 1024 blocks = ")[1].split(" min")[0]
+    row = next(line for line in markdown_tables(result("resume.txt"))[0] if line.startswith("| ipndm (default) | 4096"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return (f"Here one block of the released model took {seconds} s, one evaluation at 4096 px {minutes} min, and "
+            f"the default solver's state ({cells[2]} GB) {cells[3]} s to write: {cells[-1]} of the run's time")
+
+
 def h100_model_seconds() -> str:
     line = next(line for line in markdown_tables(result("gpu_model.txt"))[1] if line.startswith("| H100"))
     return line.strip("|").split("|")[-2].strip()
@@ -301,6 +313,8 @@ BLOCKS = (
     Block("docs/fidelity.md", "evaluate_demo", demo_evaluation),
     Block("docs/fidelity.md", "evaluate_demo gain", demo_gain_per_photo, inline=True),
     Block("README.md", "gpu_model H100 seconds", h100_model_seconds, inline=True),
+    Block("docs/resume.md", "resume cost", lambda: table_of("resume.txt", 0)),
+    Block("docs/resume.md", "resume block", resume_block_sentence, inline=True),
     Block("README.md", "gpu_model first run", first_run_table),
     Block("web/docs/InfDiTLoader.md", "gpu_model first run", first_run_table),
     Block("README.md", "comfyui sampler count", comfyui_sampler_count, inline=True),

@@ -43,3 +43,16 @@ def test_gpu_benchmark_stops_early_and_extrapolates(tmp_path):
     gpu.main(["--tiny", "--size", "128", "--out", str(tmp_path), "--settings", "1", "--peak-repeats", "1"])
     (row,) = json.loads((tmp_path / "gpu_cpu-tiny.json").read_text(encoding="utf-8"))["results"]
     assert row["extrapolated"] and row["timed_groups"] == 7 and row["groups"] == 16
+
+
+def test_the_resume_benchmark_measures_a_state_without_the_model(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "benchmarks/resume.py", "--skip-model", "--repeats", "1"], cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ipndm (default) | 4096")]
+    assert rows and "| 0.81 |" in rows[0]  # x and 3 derivatives, float32, 4096 x 4096: 4 x 201 MB
+    assert not list(root.glob("tmp*"))  # its temporary folder is gone

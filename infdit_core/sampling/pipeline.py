@@ -281,8 +281,12 @@ def run_state(model, lr, plan, sampling: SamplingOptions, noise):
         log.warning("Inf-DiT: a wired sampler cannot resume; this run keeps no state")
         return None
     settings = {k: v for k, v in sampling.keywords().items() if k != "sigmas"}
-    run_id = resume.identity(resume.model_fingerprint(model), lr.float(), noise, sampling.sigmas, sampling.seed,
-                             sorted(settings.items()), plan.out_size, plan.resize, len(plan.passes))
+    try:
+        run_id = resume.identity(resume.model_fingerprint(model), lr.float(), noise, sampling.sigmas, sampling.seed,
+                                 sorted(settings.items()), plan.out_size, plan.resize, len(plan.passes))
+    except RuntimeError as e:  # tensors without host data (fake or meta tensors of an emulated device)
+        log.warning("Inf-DiT: this run cannot keep a state (%s); it runs without resume", e)
+        return None
     return resume.RunState(sampling.state_dir, run_id, sampling.resume)
 
 

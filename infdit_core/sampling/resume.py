@@ -205,7 +205,7 @@ class RunState:
             t0 = time.perf_counter()
             self.written += write_state(path, header, tensors)
             self.seconds += time.perf_counter() - t0
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # RuntimeError: tensors without host data (an emulated device)
             self.enabled = False
             self.say(f"Inf-DiT: cannot save the run's state in {self.folder} ({e}); it goes on without resume")
 
