@@ -6,8 +6,6 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-import logging
-
 from . import resume, solvers
 from ..network.clip import clip_vector
 from .color import apply_color_fix, check_color_fix
@@ -24,7 +22,6 @@ from ..hardware.precision import NonFiniteOutput, check_finite
 from .sampler import get_sigmas_karras, run_solver
 from ..planning.scheduler import plan_blocks
 
-log = logging.getLogger("inf_dit")
 SCALES = (2, 4)
 MAX_SCHEDULE = 100_000  # longest Karras schedule denoise may ask for (steps / denoise)
 
@@ -228,11 +225,11 @@ def run_plan(model, lr: torch.Tensor, plan, sampling: SamplingOptions = Sampling
     # resize): fix once at the end, against the bicubic upscale of the original input.
     color_fix = check_color_fix(sampling.color_fix)
     single = len(plan.passes) == 1 and not plan.resize
-    state = run_state(model, lr, plan, sampling, noise)
+    state = resume.open_run_state(model, lr, plan, sampling, noise)
     x = lr
     try:
         for k, p in enumerate(plan.passes):
-            pass_id = state and pass_identity(state, plan, k)
+            pass_id = state and state.pass_identity(plan, k)
             done = state.load_output(k, pass_id, x.device) if state else None
             if done is not None:
                 state.say(f"Inf-DiT: resuming after pass {k + 1} of {len(plan.passes)} (saved)")
@@ -241,7 +238,7 @@ def run_plan(model, lr: torch.Tensor, plan, sampling: SamplingOptions = Sampling
             checkpoint = state.solver_checkpoint(k, pass_id) if state else None
             if checkpoint is not None and checkpoint.saved is not None:
                 state.say(f"Inf-DiT: resuming at pass {k + 1} of {len(plan.passes)}, evaluation "
-                          f"{resumed_evaluation(sampling, checkpoint) + 1} of {pass_evaluations(model, sampling)}")
+                          f"{checkpoint.evaluations_done(sampling.sampler) + 1} of {pass_evaluations(model, sampling)}")
             x = sample(
                 model, x, scale=p.scale, seed=sampling.seed + k, noise=noise, block_batch=p.block_batch, scan=plan.scan,
                 offload_frontier=plan.offload_frontier, callback=_pass_callback(callback, k, len(plan.passes)),
@@ -270,35 +267,6 @@ def run_plan(model, lr: torch.Tensor, plan, sampling: SamplingOptions = Sampling
     if state:
         state.finish()  # the result is complete: nothing left to resume
     return x
-
-
-def run_state(model, lr, plan, sampling: SamplingOptions, noise):
-    """The run's state folder (resume.RunState) when `sampling.state_dir` is set and the sampler is a
-    built-in one (a sampler function's inner state cannot be saved); else None."""
-    if sampling.state_dir is None:
-        return None
-    if not isinstance(sampling.sampler, str):
-        log.warning("Inf-DiT: a wired sampler cannot resume; this run keeps no state")
-        return None
-    settings = {k: v for k, v in sampling.keywords().items() if k != "sigmas"}
-    try:
-        run_id = resume.identity(resume.model_fingerprint(model), lr.float(), noise, sampling.sigmas, sampling.seed,
-                                 sorted(settings.items()), plan.out_size, plan.resize, len(plan.passes))
-    except RuntimeError as e:  # tensors without host data (fake or meta tensors of an emulated device)
-        log.warning("Inf-DiT: this run cannot keep a state (%s); it runs without resume", e)
-        return None
-    return resume.RunState(sampling.state_dir, run_id, sampling.resume)
-
-
-def pass_identity(state, plan, index: int) -> str:
-    """The run's identity and everything of passes 0..index that changes their bits: a pass finished before a
-    changed later setting (say a smaller block batch after running out of memory) is still used."""
-    passes = tuple((p.scale, p.block_batch, p.images_on_host) for p in plan.passes[: index + 1])
-    return resume.identity(state.folder.name, passes, plan.scan, plan.offload_frontier, plan.float8_frontier)
-
-
-def resumed_evaluation(sampling: SamplingOptions, checkpoint) -> int:
-    return solvers.evaluations_before(sampling.sampler, checkpoint.saved.step, checkpoint.saved.phase)
 
 
 def pass_evaluations(model, sampling: SamplingOptions) -> int:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from . import solvers
+
 log = logging.getLogger("inf_dit")
 
 SAMPLING_VERSION = 1  # raise when a change of the sampling code changes results: older states are then foreign
@@ -172,6 +174,10 @@ class PassCheckpoint:
         self.path = run.folder / f"pass{index}.state"
         self.saved = run.load_solver(self) if run.resume else None
 
+    def evaluations_done(self, sampler: str) -> int:
+        """Network evaluations the saved state stands for."""
+        return solvers.evaluations_before(sampler, self.saved.step, self.saved.phase)
+
     def save(self, step: int, phase: int, x: torch.Tensor, history: list, extra: dict | None = None) -> None:
         tensors = {"x": x, **{f"history{i}": d for i, d in enumerate(history)}}
         header = {"identity": self.identity, "step": step, "phase": phase, "history": len(history),
@@ -230,6 +236,12 @@ class RunState:
         history = [tensors[f"history{i}"] for i in range(header["history"])]
         return SavedSolver(header["step"], header["phase"], tensors["x"], history, header.get("extra", {}))
 
+    def pass_identity(self, plan, index: int) -> str:
+        """The run's identity and everything of passes 0..index that changes their bits: a pass finished before
+        a changed later setting (say a smaller block batch after running out of memory) is still used."""
+        passes = tuple((p.scale, p.block_batch, p.images_on_host) for p in plan.passes[: index + 1])
+        return identity(self.folder.name, passes, plan.scan, plan.offload_frontier, plan.float8_frontier)
+
     def solver_checkpoint(self, index: int, pass_identity: str) -> PassCheckpoint:
         return PassCheckpoint(self, index, pass_identity)
 
@@ -248,6 +260,24 @@ class RunState:
             self.root.rmdir()
         except OSError:
             pass  # other runs' states, or not there
+
+
+def open_run_state(model, lr: torch.Tensor, plan, sampling, noise=None) -> RunState | None:
+    """The run's state (for `run_plan`) when `sampling.state_dir` is set and the sampler is a built-in one (a
+    sampler function's inner state cannot be saved); else None. lr: the input in [-1, 1]."""
+    if sampling.state_dir is None:
+        return None
+    if not isinstance(sampling.sampler, str):
+        log.warning("Inf-DiT: a wired sampler cannot resume; this run keeps no state")
+        return None
+    settings = {k: v for k, v in sampling.keywords().items() if k != "sigmas"}
+    try:
+        run_id = identity(model_fingerprint(model), lr.float(), noise, sampling.sigmas, sampling.seed,
+                          sorted(settings.items()), plan.out_size, plan.resize, len(plan.passes))
+    except RuntimeError as e:  # tensors without host data (fake or meta tensors of an emulated device)
+        log.warning("Inf-DiT: this run cannot keep a state (%s); it runs without resume", e)
+        return None
+    return RunState(sampling.state_dir, run_id, sampling.resume)
 
 
 def clean_stale(root: Path, max_age_s: float = STALE_AFTER_S, size_cap: int = SIZE_CAP_BYTES, keep=None,

@@ -94,6 +94,7 @@ def _start(checkpoint, x):
     saved = checkpoint.saved if checkpoint is not None else None
     if saved is None:
         return 0, 0, [], {}
+    checkpoint.saved = None  # not held through the run: it is a full-size image
     x.copy_(saved.x)
     return saved.step, saved.phase, [d.to(x) for d in saved.history], dict(saved.extra)
 
@@ -101,6 +102,19 @@ def _start(checkpoint, x):
 def _save(checkpoint, step, phase, x, history=(), extra=None):
     if checkpoint is not None:
         checkpoint.save(step, phase, x, list(history), extra)
+
+
+def _first_derivative(model, x, sigma, sigma_next, i, extra_args, callback, checkpoint, resumed=None):
+    """(denoised, d) at the start of step i of a two-evaluation solver: a resumed run's saved d, or from the
+    model, saved as phase 1 when the step's second evaluation follows."""
+    if resumed is not None:
+        return None, resumed
+    denoised = _owned(model(x, sigma, **extra_args), x)
+    _report(callback, i, x, sigma, denoised)
+    d = _derivative_(x, denoised, sigma)
+    if sigma_next > 0:
+        _save(checkpoint, i, 1, x, [d])
+    return denoised, d
 
 
 def _derivative_(x, denoised, sigma):
@@ -130,14 +144,8 @@ def heun(model, x, sigmas, extra_args=None, callback=None, disable=None, checkpo
     for i in range(first, len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         h = sigma_next - sigma
-        if i == first and phase == 1:  # resumed after this step's first evaluation
-            denoised, d = None, saved_d[0]
-        else:
-            denoised = _owned(model(x, sigma, **extra_args), x)
-            _report(callback, i, x, sigma, denoised)
-            d = _derivative_(x, denoised, sigma)
-            if sigma_next > 0:
-                _save(checkpoint, i, 1, x, [d])
+        resumed = saved_d.pop() if i == first and phase == 1 else None  # not held after its step
+        denoised, d = _first_derivative(model, x, sigma, sigma_next, i, extra_args, callback, checkpoint, resumed)
         if sigma_next > 0:
             x_next = torch.mul(d, h).add_(x)  # x + h d
             d_next = _derivative_(x_next, _owned(model(x_next, sigma_next, **extra_args), x_next), sigma_next)
@@ -157,14 +165,8 @@ def dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, checkp
     first, phase, saved_d, _ = _start(checkpoint, x)
     for i in range(first, len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if i == first and phase == 1:  # resumed after this step's first evaluation
-            denoised, d = None, saved_d[0]
-        else:
-            denoised = _owned(model(x, sigma, **extra_args), x)
-            _report(callback, i, x, sigma, denoised)
-            d = _derivative_(x, denoised, sigma)
-            if sigma_next > 0:
-                _save(checkpoint, i, 1, x, [d])
+        resumed = saved_d.pop() if i == first and phase == 1 else None  # not held after its step
+        denoised, d = _first_derivative(model, x, sigma, sigma_next, i, extra_args, callback, checkpoint, resumed)
         if sigma_next > 0:
             sigma_mid = ((sigma.log() + sigma_next.log()) / 2).exp()
             x_mid = d.mul_(sigma_mid - sigma).add_(x)  # d is not needed after the midpoint
