@@ -50,7 +50,7 @@ def upscale(model, image, scale: str = "4", steps: int = 0, seed: int = 0, block
     net = comfy.load_to_device(handle.patcher, handle.model, minimum.total - minimum.weights)
     plan = plan_for(net, h, w, 1, wanted, settings.options(), buffers, device, comfy.free_memory_bytes(device))
     # Built-in solvers keep their state after every evaluation: the same prompt queued again after Cancel, an
-    # error or a restart continues where it stopped (a wired SAMPLER cannot: the core says so and runs plainly).
+    # error or a restart continues where it stopped (a wired SAMPLER cannot: its inner state is not ours, so none is kept).
     state_dir = comfy.state_directory() if resume and sampler is None else None
     how_to = SamplingOptions(steps=steps, compile=bool(compile), state_dir=state_dir, **how.options)
     progress = comfy.Progress(b * _groups(plan) * how.evaluations, node_id)
