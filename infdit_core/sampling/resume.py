@@ -44,13 +44,19 @@ class StateError(ValueError):
 
 # ------------------------------------------------------------------------------------------ identity
 
+def _host_slices(tensor: torch.Tensor):
+    """The tensor's bytes, about SLICE_BYTES at a time, each slice copied to the host on its own (a device
+    tensor is never copied whole; a host tensor not at all)."""
+    flat = tensor.detach().reshape(-1)
+    step = max(1, SLICE_BYTES // flat.element_size())
+    for start in range(0, flat.numel(), step):
+        yield memoryview(flat[start:start + step].cpu().contiguous().view(torch.uint8).numpy())
+
+
 def _hash_tensor(h, tensor: torch.Tensor) -> None:
     h.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
-    flat = tensor.detach().reshape(-1)
-    step = max(1, SLICE_BYTES // max(flat.element_size(), 1))
-    for start in range(0, flat.numel(), step):
-        part = flat[start:start + step].cpu().contiguous()
-        h.update(part.view(torch.uint8).numpy().tobytes() if part.dtype == torch.bfloat16 else part.numpy().tobytes())
+    for data in _host_slices(tensor):
+        h.update(data)
 
 
 def model_fingerprint(model) -> str:
@@ -92,14 +98,11 @@ def write_state(path: Path, header: dict, tensors: dict[str, torch.Tensor]) -> i
         with open(tmp, "wb") as out:
             out.write(MAGIC)
             for name, tensor in tensors.items():
-                flat, crc = tensor.detach().reshape(-1), 0
-                step = max(1, SLICE_BYTES // flat.element_size())
-                for start in range(0, flat.numel(), step):
-                    part = flat[start:start + step].cpu().contiguous()
-                    data = memoryview(part.view(torch.uint8).numpy()) if part.dtype == torch.bfloat16 else memoryview(part.numpy())
+                crc = 0
+                for data in _host_slices(tensor):
                     out.write(data)
                     crc = zlib.crc32(data, crc)
-                nbytes = flat.numel() * flat.element_size()
+                nbytes = tensor.numel() * tensor.element_size()
                 layout.append({"name": name, "shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."),
                                "offset": offset, "bytes": nbytes, "crc32": crc})
                 offset += nbytes

@@ -81,17 +81,9 @@ def test_bad_dtype_is_rejected():
 # ---------------------------------------------------------------- the download choice
 
 @pytest.fixture
-def official(tmp_path_factory):
+def official(model_dir):
     """The tiny model in the official .pt layout, served as "the official weights" (the real ones are 2 GB)."""
-    from infdit_core.checkpoints.checkpoint import official_state_dict
-    from node_fixtures import TINY
-    from infdit_core import InfDiT
-
-    torch.manual_seed(0)
-    model = InfDiT(TINY)
-    path = tmp_path_factory.mktemp("official") / "model.pt"
-    torch.save({"module": official_state_dict(model)}, path)
-    return path.read_bytes()
+    return (model_dir / "official" / "mp_rank_00_model_states.pt").read_bytes()
 
 
 @pytest.fixture
